@@ -1,0 +1,1 @@
+"""Pure building blocks: attention, positional encodings, norms, MLPs, transformer blocks."""

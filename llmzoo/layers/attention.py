@@ -1,0 +1,178 @@
+"""Multi-head attention (MHA, MQA, GQA) as pure functions, with masks and a KV cache.
+
+Masks are built from *positions*, not array indices: key ``s`` is visible to query ``t`` when
+``k_pos >= 0`` (empty or padding slots carry -1), ``k_pos <= q_pos`` (causal), ``q_pos - k_pos <
+window`` (sliding window) and both tokens share a segment id (packed documents). The same rule then
+serves training on packed rows, right- or left-padded batches, and decoding against a KV cache.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from llmzoo.params import ParamSpec, normal, zeros
+
+
+def attention_specs(
+    d: int,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    *,
+    qkv_bias: bool = False,
+    out_bias: bool = False,
+    std: float = 0.02,
+    out_std: float | None = None,
+) -> dict:
+    """Declares attention params: ``wq [D, N, H]``, ``wk, wv [D, K, H]``, ``wo [N, H, D]``.
+
+    Optional biases ``bq [N, H]``, ``bk, bv [K, H]`` (``qkv_bias``) and ``bo [D]`` (``out_bias``).
+    """
+    if n_heads % n_kv_heads:
+        raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={n_kv_heads}")
+    specs = {
+        "wq": ParamSpec(
+            (d, n_heads, head_dim),
+            logical_axes=("embed", "heads", "head_dim"),
+            init=normal(std),
+        ),
+        "wk": ParamSpec(
+            (d, n_kv_heads, head_dim),
+            logical_axes=("embed", "kv_heads", "head_dim"),
+            init=normal(std),
+        ),
+        "wv": ParamSpec(
+            (d, n_kv_heads, head_dim),
+            logical_axes=("embed", "kv_heads", "head_dim"),
+            init=normal(std),
+        ),
+        "wo": ParamSpec(
+            (n_heads, head_dim, d),
+            logical_axes=("heads", "head_dim", "embed"),
+            init=normal(out_std or std),
+        ),
+    }
+    if qkv_bias:
+        specs["bq"] = ParamSpec((n_heads, head_dim), logical_axes=("heads", "head_dim"), init=zeros)
+        for name in ("bk", "bv"):
+            specs[name] = ParamSpec(
+                (n_kv_heads, head_dim),
+                logical_axes=("kv_heads", "head_dim"),
+                init=zeros,
+            )
+    if out_bias:
+        specs["bo"] = ParamSpec((d,), logical_axes=("embed",), init=zeros)
+    return specs
+
+
+def attention_mask(
+    q_pos: jax.Array,
+    k_pos: jax.Array,
+    *,
+    causal: bool = True,
+    window: int | None = None,
+    q_segment: jax.Array | None = None,
+    k_segment: jax.Array | None = None,
+) -> jax.Array:
+    """Boolean attention mask from positions (and optional segment ids).
+
+    Args:
+        q_pos: ``[B, T]`` query positions.
+        k_pos: ``[B, S]`` key positions; negative marks an empty or padding slot.
+        causal: hide keys whose position is after the query's.
+        window: sliding window W: hide keys with ``q_pos - k_pos >= W``.
+        q_segment, k_segment: ``[B, T]``, ``[B, S]`` segment ids; attend only within a segment.
+
+    Returns:
+        ``[B, 1, T, S]`` bool, True where attention is allowed.
+    """
+    qp, kp = q_pos[:, :, None], k_pos[:, None, :]
+    mask = kp >= 0
+    if causal:
+        mask = mask & (kp <= qp)
+    if window is not None:
+        mask = mask & (qp - kp < window)
+    if q_segment is not None:
+        mask = mask & (q_segment[:, :, None] == k_segment[:, None, :])
+    return mask[:, None]
+
+
+def dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    scale: float | None = None,
+) -> jax.Array:
+    """Softmax attention with grouped KV heads; logits and softmax in float32.
+
+    Args:
+        q: ``[B, T, N, H]``.
+        k, v: ``[B, S, K, H]`` with N a multiple of K (K = N: MHA, K = 1: MQA, else GQA).
+        mask: ``[B, 1 or N, T, S]`` bool, True = attend.
+        bias: ``[B, N, T, S]`` added to the logits (ALiBi, T5).
+        scale: logit scale, default ``H ** -0.5``.
+
+    Returns:
+        ``[B, T, N, H]`` in the dtype of ``q``.
+    """
+    b, t, n, h = q.shape
+    kh = k.shape[2]
+    g = n // kh
+    scale = h**-0.5 if scale is None else scale
+    qg = q.reshape(b, t, kh, g, h)
+    logits = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    logits = logits.reshape(b, n, t, -1)
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs.reshape(b, kh, g, t, -1), v)
+    return out.reshape(b, t, n, h)
+
+
+def qkv_projection(params: dict, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Projects ``x [B, T, D]`` to ``q [B, T, N, H]``, ``k, v [B, T, K, H]`` (with biases)."""
+    dt = x.dtype
+    q = jnp.einsum("btd,dnh->btnh", x, params["wq"].astype(dt))
+    k = jnp.einsum("btd,dkh->btkh", x, params["wk"].astype(dt))
+    v = jnp.einsum("btd,dkh->btkh", x, params["wv"].astype(dt))
+    if "bq" in params:
+        q, k, v = (
+            q + params["bq"].astype(dt),
+            k + params["bk"].astype(dt),
+            v + params["bv"].astype(dt),
+        )
+    return q, k, v
+
+
+def out_projection(params: dict, o: jax.Array) -> jax.Array:
+    """Projects ``o [B, T, N, H]`` back to ``[B, T, D]`` (with bias)."""
+    out = jnp.einsum("btnh,nhd->btd", o, params["wo"].astype(o.dtype))
+    if "bo" in params:
+        out = out + params["bo"].astype(o.dtype)
+    return out
+
+
+def update_kv_cache(
+    cache_k: jax.Array, cache_v: jax.Array, k: jax.Array, v: jax.Array, index: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Writes new keys/values into a preallocated cache at slot ``index``.
+
+    Args:
+        cache_k, cache_v: ``[B, S, K, H]``.
+        k, v: ``[B, T, K, H]`` for the T new tokens.
+        index: scalar int, the first slot to write.
+
+    Returns:
+        The updated ``(cache_k, cache_v)``.
+    """
+    start = (0, index, 0, 0)
+    return (
+        jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start),
+        jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start),
+    )
