@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import grain
 import numpy as np
+from absl import flags
 
 from llmzoo.data.tokenizer import Tokenizer
 from llmzoo.errors import DataError
@@ -61,13 +62,17 @@ def _to_lm_example(packed: dict[str, np.ndarray]) -> Batch:
     }
 
 
-def _check(source: Sequence[str], tokenizer: Tokenizer, seq_len: int, batch_size: int) -> None:
+def _check(
+    source: Sequence[str], tokenizer: Tokenizer, seq_len: int, batch_size: int, add_eos: bool
+):
     if seq_len < 1 or batch_size < 1:
         raise DataError(f"seq_len={seq_len} and batch_size={batch_size} must both be >= 1")
     if len(source) == 0:
         raise DataError("the text source is empty; check the dataset name and split")
-    if tokenizer.eos_id < 0:
-        raise DataError(f"tokenizer {tokenizer.path!r} has no eos id; retrain it with llmzoo")
+    if add_eos and tokenizer.eos_id < 0:
+        raise DataError(
+            f"tokenizer {tokenizer.path!r} has no eos id; train one with `llmzoo tokenizer train`"
+        )
 
 
 def _packed_rows(
@@ -87,6 +92,9 @@ def _packed_rows(
         ds = ds.shuffle(seed=seed)  # Reshuffled differently (but deterministically) each epoch.
     ds = ds.repeat(num_epochs).map(_Tokenize(tokenizer, add_eos)).to_iter_dataset()
     if worker_count > 0:
+        if not flags.FLAGS.is_parsed():
+            # Grain's worker processes read absl flags; outside an absl app nobody parsed them.
+            flags.FLAGS.mark_as_parsed()
         # Before packing, so that the output does not depend on the number of workers.
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     ds = ds.filter(_is_not_empty)  # Empty documents would leave gaps in the segment ids.
@@ -125,7 +133,7 @@ def make_lm_pipeline(
     Returns:
         A ``grain.DatasetIterator`` yielding dicts of ``[B, T]`` arrays.
     """
-    _check(source, tokenizer, seq_len, batch_size)
+    _check(source, tokenizer, seq_len, batch_size, add_eos)
     rows = _packed_rows(
         source,
         tokenizer,
@@ -168,7 +176,7 @@ def make_eval_batches(
     Returns:
         A list of dicts of ``[B, T]`` arrays.
     """
-    _check(source, tokenizer, seq_len, batch_size)
+    _check(source, tokenizer, seq_len, batch_size, add_eos=True)
     rows = _packed_rows(
         source,
         tokenizer,

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pydoc_data.topics import topics as _TOPICS
 
 import tensorflow_datasets as tfds
+from etils import epath
 
 TARGET_CHARS = 2000
 VALIDATION_BUCKETS = 1  # Out of 10 crc32 buckets.
@@ -60,6 +61,13 @@ class PydocTopics(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Paragraph groups of >= 2000 chars; crc32 90/10 split."}
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        # TFDS otherwise derives this from the top-level package with importlib.resources, which
+        # fails for a namespace package installed in editable mode.
+        return epath.Path(__file__)
 
     def _info(self) -> tfds.core.DatasetInfo:
         # DatasetInfo is built directly: dataset_info_from_configs() looks for metadata files in a

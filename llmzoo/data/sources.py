@@ -32,7 +32,10 @@ class TextSource(Sequence[str]):
         return len(self._records)
 
     def __getitem__(self, index: int) -> str:  # type: ignore[override]
-        record = self._records[index]
+        if not -len(self) <= index < len(self):
+            # Sequence iteration stops on IndexError; array_record would raise ValueError.
+            raise IndexError(f"index {index} out of range for {self!r}")
+        record = self._records[index % len(self)]
         if self._text_key not in record:
             raise DataError(
                 f"dataset {self._name!r} has no field {self._text_key!r}; "
@@ -40,6 +43,9 @@ class TextSource(Sequence[str]):
             )
         value = record[self._text_key]
         return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[index] for index in range(len(self)))
 
     def __repr__(self) -> str:
         return f"TextSource({self._name!r}, text_key={self._text_key!r}, len={len(self)})"

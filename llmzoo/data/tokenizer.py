@@ -16,6 +16,7 @@ Reserved ids: ``pad=0``, ``unk=1``, ``bos=2``, ``eos=3``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator
 
 import sentencepiece as spm
@@ -172,9 +173,10 @@ def train_tokenizer(
             minloglevel=2,
         )
     except RuntimeError as e:
-        message = str(e).strip().splitlines()[-1] if str(e).strip() else "no details"
+        # Keep SentencePiece's own sentence, dropping its "INTERNAL: file.cc(744) [check] " prefix.
+        message = re.sub(r"^.*\] ", "", " ".join(str(e).split())).rstrip(".") or "no details"
         raise DataError(
-            f"tokenizer training failed with vocab_size={vocab_size}: {message}; "
+            f"tokenizer training failed with vocab_size={vocab_size} ({message}); "
             "lower vocab_size or give more text"
         ) from None
     return Tokenizer.load(model_prefix + ".model")

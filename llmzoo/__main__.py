@@ -1,0 +1,5 @@
+import sys
+
+from llmzoo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,203 @@
+"""The ``llmzoo`` command line: train, eval, generate, tokenizer, data, convert.
+
+Any :class:`~llmzoo.errors.LlmzooError` is printed as one ``error: ...`` line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+from llmzoo.errors import LlmzooError
+
+EPILOG_TRAIN = """examples:
+  llmzoo train                                  # tiny GPT on Python's docs, CPU-friendly
+  llmzoo train --config configs/tiny.yaml steps=200 model.n_layers=2
+  llmzoo train preset=small run_dir=runs/small data.dataset=lm1b
+  llmzoo train init_from=runs/converted run_dir=runs/finetune steps=100
+
+overrides are key=value with dotted keys into the config (see llmzoo/config.py);
+values are parsed as YAML. Training resumes from the newest checkpoint in run_dir."""
+
+
+def _cmd_train(args) -> int:
+    from llmzoo.config import resolve_train_config
+    from llmzoo.train.loop import train
+
+    cfg = resolve_train_config(args.config, args.overrides)
+    summary = train(cfg, stop_at=args.stop_at, progress=not args.no_progress)
+    if summary.get("unigram_entropy") is not None:
+        print(f"final validation loss: {summary['val_loss']:.4f} nats/token")
+        print(
+            f"unigram entropy of the validation tokens: {summary['unigram_entropy']:.4f} nats/token"
+        )
+        print(f"sample ({cfg.sample_prompt!r} ->): {summary['sample']!r}")
+    print(f"run directory: {summary['run_dir']} (step {summary['step']})")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from llmzoo.eval import evaluate_run
+
+    result = evaluate_run(args.run, split=args.split, max_batches=args.max_batches)
+    print(json.dumps(result))
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from llmzoo.generate import generate_text
+    from llmzoo.train import checkpoint as ckpt
+    from llmzoo.train.loop import load_any_tokenizer
+
+    cfg, params, _ = ckpt.load_params(args.run)
+    tok_path = ckpt.tokenizer_path(args.run)
+    if tok_path is None:
+        raise LlmzooError(
+            f"run {args.run!r} has no tokenizer.model or tokenizer.json; copy the tokenizer "
+            "used for training into it"
+        )
+    tokenizer = load_any_tokenizer(tok_path)
+    text = generate_text(
+        params,
+        tokenizer,
+        args.prompt,
+        cfg=cfg.model,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop_at_eos=not args.no_stop,
+    )
+    print(args.prompt + text)
+    return 0
+
+
+def _cmd_tokenizer_train(args) -> int:
+    from llmzoo.data import iter_texts, train_tokenizer
+
+    prefix = args.out[: -len(".model")] if args.out.endswith(".model") else args.out
+    os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
+    texts = iter_texts(args.dataset, args.split, data_dir=args.data_dir, text_key=args.text_key)
+    tok = train_tokenizer(texts, prefix, vocab_size=args.vocab_size, model_type=args.type)
+    print(f"wrote {prefix}.model ({tok.vocab_size} tokens, {args.type})")
+    return 0
+
+
+def _cmd_data_build(args) -> int:
+    from llmzoo.data import build_source
+
+    for split in args.splits:
+        src = build_source(args.dataset, split, data_dir=args.data_dir, text_key=args.text_key)
+        print(f"{args.dataset}/{split}: {len(src)} documents in {args.data_dir}")
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from llmzoo.hf.convert import convert_from_hf, convert_to_hf
+
+    if args.from_hf and args.out:
+        convert_from_hf(args.from_hf, args.out)
+        print(f"converted {args.from_hf} -> {args.out}")
+    elif args.run and args.to_hf:
+        convert_to_hf(args.run, args.to_hf)
+        print(f"converted {args.run} -> {args.to_hf}")
+    else:
+        raise LlmzooError("use `--from-hf DIR --out RUN_DIR` or `--run RUN_DIR --to-hf DIR`")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    p = argparse.ArgumentParser(
+        prog="llmzoo", description="llmzoo: language models as pure JAX functions."
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = sub.add_parser(
+        "train",
+        help="train or resume a model",
+        epilog=EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("--config", help="YAML file overriding a preset (see configs/)")
+    t.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        help="exit after this step, saving a checkpoint (resume by running again)",
+    )
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    t.set_defaults(fn=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run's newest checkpoint on a split")
+    e.add_argument("--run", required=True, help="run directory")
+    e.add_argument("--split", default=None, help="split (default: the run's eval split)")
+    e.add_argument("--max-batches", type=int, default=None, help="limit the batches")
+    e.set_defaults(fn=_cmd_eval)
+
+    g = sub.add_parser("generate", help="generate text from a run with a KV cache")
+    g.add_argument("--run", required=True, help="run directory (trained or converted)")
+    g.add_argument("--prompt", required=True, help="the prompt text")
+    g.add_argument("--max-new-tokens", type=int, default=64, help="tokens to add (default 64)")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--no-stop", action="store_true", help="do not stop at the EOS token")
+    g.set_defaults(fn=_cmd_generate)
+
+    tk = sub.add_parser("tokenizer", help="tokenizer tools")
+    tks = tk.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
+    tt = tks.add_parser("train", help="train a SentencePiece tokenizer on a dataset")
+    tt.add_argument("--dataset", default="pydoc_topics", help="TFDS name (default pydoc_topics)")
+    tt.add_argument("--split", default="train", help="split to train on")
+    tt.add_argument("--text-key", default="text", help="feature holding the text")
+    tt.add_argument("--data-dir", default="data_cache", help="TFDS data directory")
+    tt.add_argument("--vocab-size", type=int, default=2048, help="vocabulary size")
+    tt.add_argument("--type", choices=("bpe", "unigram"), default="bpe", help="model type")
+    tt.add_argument("--out", required=True, help="output path (.model)")
+    tt.set_defaults(fn=_cmd_tokenizer_train)
+
+    dt = sub.add_parser("data", help="dataset tools")
+    dts = dt.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    db = dts.add_parser("build", help="build (or check) a TFDS dataset as array_record")
+    db.add_argument("--dataset", default="pydoc_topics", help="TFDS name")
+    db.add_argument("--splits", nargs="+", default=["train", "validation"], help="splits")
+    db.add_argument("--text-key", default="text", help="feature holding the text")
+    db.add_argument("--data-dir", default="data_cache", help="TFDS data directory")
+    db.set_defaults(fn=_cmd_data_build)
+
+    c = sub.add_parser("convert", help="convert Hugging Face safetensors <-> llmzoo runs")
+    c.add_argument("--from-hf", help="a local Hugging Face checkpoint directory")
+    c.add_argument("--out", help="the run directory to write")
+    c.add_argument("--run", help="an llmzoo run directory")
+    c.add_argument("--to-hf", help="the Hugging Face directory to write")
+    c.set_defaults(fn=_cmd_convert)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``llmzoo`` command."""
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("default", UserWarning)
+    if args.command in ("train", "eval", "data", "tokenizer"):
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()  # keep the log to our own progress bar
+    try:
+        return args.fn(args)
+    except LlmzooError as e:
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training: state, optimizer, pure train/eval steps, the loop and checkpoints."""

@@ -1,0 +1,196 @@
+"""Run directories and Orbax checkpoints.
+
+A run directory holds::
+
+    config.yaml         the resolved TrainConfig
+    tokenizer.model     the tokenizer the run was trained with (or tokenizer.json)
+    metrics.jsonl       one JSON object per logged step or evaluation
+    checkpoints/<step>/ Orbax items: params, opt_state, meta (step, data-iterator state)
+
+Checkpoints hold arrays and JSON only: nothing is unpickled or executed when loading. A converted
+Hugging Face model is a run directory whose checkpoint has ``params`` and ``meta`` only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import warnings
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+import yaml
+
+from llmzoo.config import TrainConfig, from_dict, to_dict
+from llmzoo.errors import CheckpointError
+
+TOKENIZER_NAMES = ("tokenizer.model", "tokenizer.json")
+
+
+def checkpoint_manager(run_dir: str, *, max_to_keep: int = 3, async_save: bool = True):
+    """An Orbax ``CheckpointManager`` over ``run_dir/checkpoints``."""
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+    )
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(run_dir, "checkpoints")),
+        options=options,
+        item_names=("params", "opt_state", "meta"),
+    )
+
+
+def save(mngr, step: int, params, opt_state=None, meta: dict | None = None) -> None:
+    """Saves (asynchronously, if the manager is async) one checkpoint."""
+    items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta or {})}
+    if opt_state is not None:
+        items["opt_state"] = ocp.args.StandardSave(opt_state)
+    mngr.save(step, args=ocp.args.Composite(**items), force=True)
+
+
+def _abstract(tree):
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def restore_latest(mngr, abstract_params, abstract_opt_state=None, *, quarantine: bool = True):
+    """Restores the newest readable checkpoint, falling back past corrupt ones with a warning.
+
+    A checkpoint that fails to load is moved to ``<run>/corrupt_checkpoints/`` (never deleted),
+    so the next save at that step cannot collide with it.
+
+    Args:
+        mngr: from :func:`checkpoint_manager`.
+        abstract_params: tree of ``jax.ShapeDtypeStruct`` (with shardings) for the params.
+        abstract_opt_state: likewise for the optimizer state; None restores params only.
+
+    Returns:
+        ``(step, params, opt_state, meta)`` or None if there is no checkpoint.
+    """
+    for step in sorted(mngr.all_steps(), reverse=True):
+        items = {
+            "params": ocp.args.StandardRestore(abstract_params),
+            "meta": ocp.args.JsonRestore(),
+        }
+        if abstract_opt_state is not None:
+            items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
+        try:
+            out = mngr.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
+            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            ckpt_dir = os.path.join(str(mngr.directory), str(step))
+            msg = f"checkpoint at step {step} is unreadable ({reason}); using the previous one"
+            if quarantine and os.path.isdir(ckpt_dir):
+                dest = os.path.join(
+                    os.path.dirname(str(mngr.directory)),
+                    "corrupt_checkpoints",
+                    f"{step}-{int(time.time())}",
+                )
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                shutil.move(ckpt_dir, dest)
+                mngr.reload()
+                msg += f"; moved it to {dest}"
+            warnings.warn(msg, stacklevel=2)
+            continue
+        return step, out["params"], out.get("opt_state"), dict(out["meta"] or {})
+    return None
+
+
+def write_config(run_dir: str, cfg: TrainConfig) -> None:
+    """Writes ``config.yaml`` atomically."""
+    os.makedirs(run_dir, exist_ok=True)
+    tmp = os.path.join(run_dir, "config.yaml.tmp")
+    with open(tmp, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    os.replace(tmp, os.path.join(run_dir, "config.yaml"))
+
+
+def read_config(run_dir: str) -> TrainConfig:
+    """Reads a run's ``config.yaml``."""
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(path):
+        raise CheckpointError(
+            f"{run_dir!r} is not an llmzoo run directory (no config.yaml); "
+            "train one with `llmzoo train` or convert one with `llmzoo convert`"
+        )
+    with open(path) as f:
+        return from_dict(yaml.safe_load(f))
+
+
+def tokenizer_path(run_dir: str) -> str | None:
+    """The tokenizer file stored in a run directory, if any."""
+    for name in TOKENIZER_NAMES:
+        p = os.path.join(run_dir, name)
+        if os.path.exists(p):
+            return p
+    return None
+
+
+def copy_tokenizer(src: str, run_dir: str) -> str:
+    """Copies a tokenizer file (``.model`` or ``tokenizer.json``) into the run directory."""
+    name = "tokenizer.json" if src.endswith(".json") else "tokenizer.model"
+    dest = os.path.join(run_dir, name)
+    if os.path.abspath(src) != os.path.abspath(dest):
+        shutil.copyfile(src, dest)
+    return dest
+
+
+def load_params(run_dir: str, shardings: Any = None) -> tuple[TrainConfig, Any, int]:
+    """Loads the config and the newest readable params of a run directory.
+
+    Args:
+        run_dir: a training run or converted checkpoint.
+        shardings: optional tree of shardings to place the params onto.
+
+    Returns:
+        ``(config, params, step)``.
+    """
+    from llmzoo.models import decoder
+
+    cfg = read_config(run_dir)
+    abstract = _abstract_params(decoder.param_specs(cfg.model), shardings)
+    mngr = checkpoint_manager(run_dir, async_save=False)
+    try:
+        found = restore_latest(mngr, abstract, None, quarantine=False)
+    finally:
+        mngr.close()
+    if found is None:
+        raise CheckpointError(
+            f"no readable checkpoint in {os.path.join(run_dir, 'checkpoints')!r}; "
+            "train the run first or check the path"
+        )
+    step, params, _, _ = found
+    return cfg, params, step
+
+
+def _abstract_params(specs, shardings=None):
+    from llmzoo.params import abstract_params
+
+    abstract = abstract_params(specs)
+    if shardings is None:
+        dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        return jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), abstract
+        )
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+
+
+def write_run(run_dir: str, cfg: TrainConfig, params, tokenizer_src: str | None = None) -> None:
+    """Writes a params-only run directory (e.g. a converted checkpoint) at step 0."""
+    write_config(run_dir, cfg)
+    if tokenizer_src:
+        copy_tokenizer(tokenizer_src, run_dir)
+    mngr = checkpoint_manager(run_dir, async_save=False)
+    try:
+        save(mngr, 0, params, None, {"step": 0, "source": "converted"})
+        mngr.wait_until_finished()
+    finally:
+        mngr.close()
+
+
+def read_run(run_dir: str) -> tuple[TrainConfig, Any, str | None]:
+    """Reads ``(config, params, tokenizer_path)`` from a run directory."""
+    cfg, params, _ = load_params(run_dir)
+    return cfg, params, tokenizer_path(run_dir)

@@ -1,0 +1,105 @@
+"""The CLI: useful help, and bad input answered by one clear line, exit 2, run dir untouched."""
+
+import hashlib
+import os
+
+import pytest
+
+from llmzoo.cli import build_parser, main
+
+
+def tree_digest(path):
+    h = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for name in sorted(files):
+            p = os.path.join(root, name)
+            h.update(p.encode())
+            with open(p, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
+def one_error_line(capsys):
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["generate"], ["convert"], ["tokenizer"]])
+def test_help_is_useful(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([*command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: llmzoo" in out and len(out.splitlines()) > 5
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["no_such_key=1"], "unknown config key 'no_such_key'"),
+        (["model.no_such=1"], "unknown config key 'model.no_such'"),
+        (["steps=many"], "config key 'steps' expects int"),
+        (["optim.lr=fast"], "config key 'optim.lr' expects float"),
+        (["model.d_model=32", "model.n_heads=5"], "model.n_heads=5 does not divide"),
+        (["seq_len=2048"], "exceeds the positional table"),
+        (["preset=huge"], "unknown training preset 'huge'"),
+        (["model.preset=gpt9"], "unknown model preset 'gpt9'"),
+        (["batch_size=10", "grad_accum=3"], "not divisible by grad_accum=3"),
+    ],
+)
+def test_bad_config_is_one_line(overrides, expected, capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["train", f"run_dir={run_dir}", *overrides]) == 2
+    assert expected in one_error_line(capsys)
+    assert not run_dir.exists()
+
+
+def test_missing_tokenizer_is_one_line(capsys, tmp_path):
+    code = main(
+        [
+            "train",
+            f"run_dir={tmp_path}/run",
+            f"data.tokenizer={tmp_path}/nope.model",
+            "data.train_tokenizer=false",
+            f"data.data_dir={tmp_path}/data",
+        ]
+    )
+    assert code == 2
+    line = one_error_line(capsys)
+    assert "nope.model" in line and "llmzoo tokenizer train" in line
+
+
+def test_unknown_config_file(capsys):
+    assert main(["train", "--config", "configs/does_not_exist.yaml"]) == 2
+    assert "not found" in one_error_line(capsys)
+
+
+def test_changed_config_on_existing_run_leaves_it_intact(capsys, tmp_path, tiny_run_args):
+    run_dir = tmp_path / "run"
+    args = [*tiny_run_args, f"run_dir={run_dir}", "steps=2", "eval_every=2", "ckpt_every=2"]
+    assert main(["train", "--no-progress", *args]) == 0
+    capsys.readouterr()
+    before = tree_digest(run_dir)
+    assert main(["train", "--no-progress", *args, "model.n_layers=3"]) == 2
+    assert "model.n_layers=2" in one_error_line(capsys)
+    assert tree_digest(run_dir) == before
+
+    # a prompt that does not fit the context (max_seq_len=64) is refused, run untouched
+    long_prompt = "x = 1\n" * 200
+    assert main(["generate", "--run", str(run_dir), "--prompt", long_prompt]) == 2
+    assert "exceeds the model's context of 64 tokens" in one_error_line(capsys)
+    # a run whose tokenizer vanished
+    os.remove(run_dir / "tokenizer.model")
+    before = tree_digest(run_dir)
+    assert main(["generate", "--run", str(run_dir), "--prompt", "x"]) == 2
+    assert "tokenizer" in one_error_line(capsys)
+    assert tree_digest(run_dir) == before
+
+
+def test_generate_on_missing_run(capsys, tmp_path):
+    assert main(["generate", "--run", str(tmp_path / "nothing"), "--prompt", "x"]) == 2
+    assert "not an llmzoo run directory" in one_error_line(capsys)
