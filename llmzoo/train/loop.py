@@ -198,7 +198,13 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True
     last = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
 
     def save(step):
-        ckpt.save(mngr, step, state.params, state.opt_state, {"step": step, "data": it.get_state()})
+        ckpt.save(
+            mngr,
+            step,
+            state.params,
+            state.opt_state,
+            {"step": step, "data": it.get_state(), "config": to_dict(cfg)},
+        )
 
     val_loss = None
     bar = tqdm(
