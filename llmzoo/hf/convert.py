@@ -1,0 +1,84 @@
+"""``llmzoo convert``: Hugging Face checkpoint directory <-> llmzoo run directory.
+
+A converted run directory is what ``llmzoo train`` writes, with a params-only checkpoint at step 0
+(see :mod:`llmzoo.train.checkpoint`), so ``llmzoo generate --run`` and ``init_from=`` work on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from llmzoo.hf import checkpoint as hf_checkpoint
+from llmzoo.hf.tokenizer import find_tokenizer_file, load_hf_tokenizer
+
+
+def convert_from_hf(hf_dir: str, run_dir: str) -> str:
+    """Converts a Hugging Face checkpoint directory into an llmzoo run directory.
+
+    The run's ``config.yaml`` is the ``tiny`` training preset with the checkpoint's model config
+    (``run_dir`` set; ``data.tokenizer`` is the copied tokenizer when the checkpoint has one).
+
+    Returns:
+        ``run_dir``.
+    """
+    from llmzoo.presets import get_train_preset
+    from llmzoo.train.checkpoint import write_run
+
+    model_cfg, params = hf_checkpoint.load(hf_dir)
+    base = get_train_preset("tiny")
+    seq_len = min(base.seq_len, model_cfg.max_seq_len)
+    data = base.data
+    tok_src = find_tokenizer_file(hf_dir) if os.path.isdir(hf_dir) else None
+    if tok_src is not None:
+        tok_dest = os.path.join(run_dir, os.path.basename(tok_src))
+        data = dataclasses.replace(
+            data,
+            tokenizer=tok_dest,
+            train_tokenizer=False,
+            vocab_size=model_cfg.vocab_size,
+        )
+    train_cfg = dataclasses.replace(
+        base, model=model_cfg, data=data, run_dir=run_dir, seq_len=seq_len, init_from=None
+    )
+    write_run(run_dir, train_cfg, params, tokenizer_src=tok_src)
+    if tok_src is not None:
+        _copy_tokenizer_metadata(hf_dir, run_dir)
+    return run_dir
+
+
+def _copy_tokenizer_metadata(hf_dir: str, run_dir: str) -> None:
+    """``tokenizer.json``'s special tokens live in these side files; keep them with it."""
+    import shutil
+
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        src = os.path.join(hf_dir, name)
+        if os.path.isfile(src):
+            shutil.copyfile(src, os.path.join(run_dir, name))
+
+
+def convert_to_hf(run_dir: str, hf_dir: str, *, dtype=None) -> str:
+    """Writes the newest params of an llmzoo run directory as a Hugging Face checkpoint.
+
+    The tokenizer stored in the run (if any) is copied too; ``tokenizer.json`` loads with
+    ``AutoTokenizer``. bos/eos/pad ids from the tokenizer go into ``config.json``.
+
+    Returns:
+        ``hf_dir``.
+    """
+    import shutil
+
+    from llmzoo.train.checkpoint import read_run
+
+    train_cfg, params, tok_path = read_run(run_dir)
+    extra = {}
+    if tok_path is not None:
+        tok = load_hf_tokenizer(tok_path)
+        for kind in ("bos", "eos", "pad"):
+            tid = getattr(tok, f"{kind}_id")
+            extra[f"{kind}_token_id"] = tid if tid is not None and tid >= 0 else None
+    hf_checkpoint.save(hf_dir, train_cfg.model, params, dtype=dtype, extra_config=extra)
+    if tok_path is not None:
+        shutil.copyfile(tok_path, os.path.join(hf_dir, os.path.basename(tok_path)))
+        _copy_tokenizer_metadata(os.path.dirname(tok_path), hf_dir)
+    return hf_dir

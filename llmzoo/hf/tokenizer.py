@@ -1,0 +1,133 @@
+"""Tokenizers that ship with Hugging Face checkpoints: ``tokenizer.json`` or ``tokenizer.model``.
+
+Both load behind the interface of :class:`llmzoo.data.tokenizer.Tokenizer`: ``encode(str)`` (no
+special tokens added), ``decode(ids)`` (special tokens dropped), ``vocab_size``, ``bos_id``,
+``eos_id``, ``pad_id`` (-1 when the checkpoint defines none).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+
+from llmzoo.errors import DataError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+def find_tokenizer_file(path: str | os.PathLike) -> str | None:
+    """The tokenizer file in a checkpoint directory (``tokenizer.json`` first), or None."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return path
+    for name in TOKENIZER_FILES:
+        candidate = os.path.join(path, name)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+class HFTokenizer:
+    """A ``tokenizers`` tokenizer (``tokenizer.json``) with the special ids of its checkpoint."""
+
+    def __init__(self, tokenizer, path: str, special: dict[str, int]):
+        self._tok = tokenizer
+        self._path = path
+        self._special = special
+
+    @classmethod
+    def load(cls, path: str) -> HFTokenizer:
+        """Loads ``tokenizer.json``; special ids come from the sibling ``tokenizer_config.json``,
+        ``special_tokens_map.json`` or ``config.json`` (in that order)."""
+        from tokenizers import Tokenizer
+
+        try:
+            tok = Tokenizer.from_file(path)
+        except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception subclasses
+            raise DataError(
+                f"{path!r} is not a Hugging Face tokenizer.json ({str(e).splitlines()[0]}); "
+                "re-download it"
+            ) from None
+        folder = os.path.dirname(path)
+        special: dict[str, int] = {}
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            data = _read_json(os.path.join(folder, name))
+            for kind in ("bos", "eos", "pad"):
+                token = data.get(f"{kind}_token")
+                if isinstance(token, dict):
+                    token = token.get("content")
+                if isinstance(token, str) and kind not in special:
+                    tid = tok.token_to_id(token)
+                    if tid is not None:
+                        special[kind] = tid
+        model_cfg = _read_json(os.path.join(folder, "config.json"))
+        for kind in ("bos", "eos", "pad"):
+            tid = model_cfg.get(f"{kind}_token_id")
+            if isinstance(tid, list):
+                tid = tid[0] if tid else None
+            if isinstance(tid, int) and kind not in special:
+                special[kind] = tid
+        return cls(tok, path, special)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no bos/eos added)."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; special tokens decode to nothing."""
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def bos_id(self) -> int:
+        return self._special.get("bos", -1)
+
+    @property
+    def eos_id(self) -> int:
+        return self._special.get("eos", -1)
+
+    @property
+    def pad_id(self) -> int:
+        return self._special.get("pad", -1)
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer({self._path!r}, vocab_size={self.vocab_size})"
+
+
+def load_hf_tokenizer(path: str | os.PathLike):
+    """Loads the tokenizer of a Hugging Face checkpoint directory (or a tokenizer file).
+
+    ``tokenizer.json`` loads with the ``tokenizers`` package, ``tokenizer.model`` with
+    SentencePiece (as :class:`llmzoo.data.tokenizer.Tokenizer`).
+
+    Raises:
+        DataError: neither file is there, or it cannot be parsed.
+    """
+    file = find_tokenizer_file(path)
+    if file is None:
+        raise DataError(
+            f"{os.fspath(path)!r} has no tokenizer.json or tokenizer.model; "
+            "copy the checkpoint's tokenizer files next to config.json"
+        )
+    if file.endswith(".json"):
+        return HFTokenizer.load(file)
+    from llmzoo.data.tokenizer import Tokenizer
+
+    return Tokenizer.load(file)

@@ -1,0 +1,51 @@
+"""Gemma (Gemma Team, 2024): embeddings scaled by sqrt(D), GeGLU (tanh GELU), RMSNorm scaled by
+``1 + w``, tied embeddings, head_dim 256 independent of D, multi-query attention at 2B.
+
+Presets: ``gemma-tiny`` (tests), ``gemma-2b``, ``gemma-7b``. The computation is
+:mod:`llmzoo.models.decoder`.
+"""
+
+import dataclasses
+
+from llmzoo.models.decoder import apply, apply_cached, init, init_cache, param_specs
+from llmzoo.models.llama import LLAMA
+from llmzoo.presets import register
+
+GEMMA = dataclasses.replace(
+    LLAMA,
+    family="gemma",
+    vocab_size=256000,
+    d_model=2048,
+    n_layers=18,
+    n_heads=8,
+    n_kv_heads=1,
+    head_dim=256,
+    d_ff=16384,
+    max_seq_len=8192,
+    norm_eps=1e-6,
+    norm_zero_centered=True,
+    mlp="geglu",
+    embed_scale=True,
+    tie_embeddings=True,
+)
+register(
+    "gemma-tiny",
+    dataclasses.replace(
+        GEMMA,
+        vocab_size=512,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=1,
+        head_dim=32,
+        d_ff=256,
+        max_seq_len=256,
+    ),
+)
+register("gemma-2b", GEMMA)
+register(
+    "gemma-7b",
+    dataclasses.replace(GEMMA, d_model=3072, n_layers=28, n_heads=16, n_kv_heads=16, d_ff=24576),
+)
+
+__all__ = ["GEMMA", "param_specs", "init", "apply", "apply_cached", "init_cache"]

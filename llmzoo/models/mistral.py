@@ -1,0 +1,36 @@
+"""Mistral (Jiang et al., 2023): Llama with sliding-window attention (each token sees the last W).
+
+Presets: ``mistral-tiny`` (window 16, for tests), ``mistral-7b-v0.1`` (window 4096),
+``mistral-7b-v0.3`` (no window, 32768 vocab). The computation is :mod:`llmzoo.models.decoder`.
+"""
+
+import dataclasses
+
+from llmzoo.models.decoder import apply, apply_cached, init, init_cache, param_specs
+from llmzoo.models.llama import LLAMA
+from llmzoo.presets import register
+
+MISTRAL = dataclasses.replace(
+    LLAMA, family="mistral", n_kv_heads=8, d_ff=14336, max_seq_len=32768, sliding_window=4096
+)
+register(
+    "mistral-tiny",
+    dataclasses.replace(
+        MISTRAL,
+        vocab_size=512,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        d_ff=176,
+        max_seq_len=256,
+        sliding_window=16,
+    ),
+)
+register("mistral-7b-v0.1", MISTRAL)
+register(
+    "mistral-7b-v0.3",
+    dataclasses.replace(MISTRAL, vocab_size=32768, sliding_window=None, rope_theta=1e6),
+)
+
+__all__ = ["MISTRAL", "param_specs", "init", "apply", "apply_cached", "init_cache"]
