@@ -231,6 +231,11 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
     if dataclasses.is_dataclass(tp):
         return isinstance(value, tp), value
     if tp is float:
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads "3e-4" as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return True, float(value)
         return False, value
@@ -308,10 +313,12 @@ def _build(cls, values: dict, prefix: str):
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
         if key not in hints:
-            raise ConfigError(f"unknown config key {prefix}{key!r}; valid: {', '.join(hints)}")
+            raise ConfigError(f"unknown config key {prefix + key!r}; valid: {', '.join(hints)}")
         ok, values[key] = _type_ok(value, hints[key])
         if not ok:
-            raise ConfigError(f"config key {prefix}{key!r} expects {_type_name(hints[key])}")
+            raise ConfigError(
+                f"config key {prefix + key!r} expects {_type_name(hints[key])}, got {value!r}"
+            )
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:

@@ -48,6 +48,11 @@ class RopeScaling:
             raise ValueError(
                 f"unknown rope scaling kind {self.kind!r}; use linear, ntk, yarn or llama3"
             )
+        if self.kind in ("yarn", "llama3") and self.original_max_position_embeddings is None:
+            raise ValueError(
+                f"rope scaling kind {self.kind!r} needs original_max_position_embeddings "
+                "(the pretraining context length)"
+            )
 
 
 def sinusoidal(positions: jax.Array, d: int, *, max_timescale: float = 10000.0) -> jax.Array:

@@ -1,0 +1,199 @@
+"""Strict config overrides: unknown keys and wrong types fail with a message naming the key."""
+
+import dataclasses
+
+import pytest
+
+from llmzoo.config import (
+    ModelConfig,
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    parse_cli_overrides,
+    resolve_train_config,
+    to_dict,
+)
+from llmzoo.errors import ConfigError
+from llmzoo.layers.positional import RopeScaling
+from llmzoo.presets import get_model_preset, get_train_preset
+
+
+def test_unknown_key_names_it():
+    with pytest.raises(ConfigError, match="'stepz'"):
+        apply_overrides(TrainConfig(), {"stepz": 3})
+    with pytest.raises(ConfigError, match="'model.d_modle'") as e:
+        apply_overrides(TrainConfig(), {"model": {"d_modle": 3}})
+    assert "d_model" in str(e.value)  # lists the valid keys
+
+
+@pytest.mark.parametrize(
+    "overrides,key,type_name",
+    [
+        ({"steps": "ten"}, "'steps'", "int"),
+        ({"steps": 1.5}, "'steps'", "int"),
+        ({"steps": True}, "'steps'", "int"),  # bool is not an int here
+        ({"optim": {"lr": "fast"}}, "'optim.lr'", "float"),
+        ({"model": {"remat": 1}}, "'model.remat'", "bool"),
+        ({"model": {"sliding_window": "x"}}, "'model.sliding_window'", "int | None"),
+        ({"run_dir": 5}, "'run_dir'", "str"),
+    ],
+)
+def test_wrong_type_names_key_and_type(overrides, key, type_name):
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(TrainConfig(), overrides)
+    assert key in str(e.value) and type_name in str(e.value)
+
+
+def test_int_to_float_coercion_and_nested_keys():
+    cfg = apply_overrides(
+        TrainConfig(),
+        {"optim": {"lr": 1}, "model": {"d_model": 384, "rope_theta": 500000}, "steps": 7},
+    )
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+    assert isinstance(cfg.model.rope_theta, float)
+    assert cfg.model.d_model == 384 and cfg.steps == 7
+    # untouched fields keep their values; the input is not mutated
+    assert cfg.model.n_layers == TrainConfig().model.n_layers
+    assert TrainConfig().steps != 7
+    # None for an optional field
+    cfg = apply_overrides(cfg, {"model": {"sliding_window": 64}})
+    assert cfg.model.sliding_window == 64
+    assert apply_overrides(cfg, {"model": {"sliding_window": None}}).model.sliding_window is None
+
+
+def test_rope_scaling_dict_builds_dataclass():
+    cfg = apply_overrides(
+        ModelConfig(),
+        {
+            "position": "rope",
+            "rope_scaling": {
+                "kind": "llama3",
+                "factor": 8,
+                "original_max_position_embeddings": 8192,
+            },
+        },
+    )
+    assert cfg.rope_scaling == RopeScaling(
+        kind="llama3", factor=8.0, original_max_position_embeddings=8192
+    )
+    assert isinstance(cfg.rope_scaling.factor, float)
+    hash(cfg)  # still hashable (used as a static jit argument)
+    # a dict on an existing RopeScaling updates it
+    cfg2 = apply_overrides(cfg, {"rope_scaling": {"factor": 4.0}})
+    assert cfg2.rope_scaling.kind == "llama3" and cfg2.rope_scaling.factor == 4.0
+    with pytest.raises(ConfigError, match="dynamic"):
+        apply_overrides(ModelConfig(), {"rope_scaling": {"kind": "dynamic"}})
+
+
+def test_rope_scaling_bad_key_message_names_full_key():
+    with pytest.raises(ConfigError, match=r"'model\.rope_scaling\.factr'"):
+        apply_overrides(TrainConfig(), {"model": {"rope_scaling": {"kind": "yarn", "factr": 2}}})
+    with pytest.raises(ConfigError, match=r"'model\.rope_scaling\.factor' expects float"):
+        apply_overrides(TrainConfig(), {"model": {"rope_scaling": {"kind": "yarn", "factor": "x"}}})
+
+
+def test_model_validation_errors():
+    with pytest.raises(ConfigError, match="n_heads=5"):
+        apply_overrides(ModelConfig(), {"d_model": 64, "n_heads": 5})
+    with pytest.raises(ConfigError, match="n_heads=5"):
+        apply_overrides(TrainConfig(), {"model": {"d_model": 64, "n_heads": 5}})
+    # an explicit head_dim lifts the divisibility requirement
+    cfg = apply_overrides(ModelConfig(), {"d_model": 64, "n_heads": 5, "head_dim": 16})
+    assert cfg.dim_per_head == 16
+    with pytest.raises(ConfigError, match="n_kv_heads=5"):
+        ModelConfig(n_heads=12, n_kv_heads=5)
+    with pytest.raises(ConfigError, match="'absolute'"):
+        ModelConfig(position="absolute")
+    with pytest.raises(ConfigError, match="float64"):
+        ModelConfig(dtype="float64")
+
+
+def test_seq_len_beyond_learned_table():
+    base = get_train_preset("tiny")
+    limit = base.model.max_seq_len
+    with pytest.raises(ConfigError, match=f"seq_len={limit + 1}"):
+        apply_overrides(base, {"seq_len": limit + 1})
+    # raising the table in the same override is fine, and RoPE has no table
+    ok = apply_overrides(base, {"seq_len": limit + 1, "model": {"max_seq_len": limit + 1}})
+    assert ok.seq_len == limit + 1
+    rope = apply_overrides(base, {"seq_len": 4 * limit, "model": {"position": "rope"}})
+    assert rope.seq_len == 4 * limit
+    with pytest.raises(ConfigError, match="grad_accum=3"):
+        apply_overrides(base, {"batch_size": 16, "grad_accum": 3})
+
+
+def test_parse_cli_overrides():
+    got = parse_cli_overrides(
+        [
+            "model.d_model=384",
+            "steps=10",
+            "optim.lr=0.001",
+            "run_dir=runs/x=y",
+            "model.sliding_window=null",
+            "model.remat=true",
+            "sample_prompt=",
+        ]
+    )
+    assert got == {
+        "model": {"d_model": 384, "sliding_window": None, "remat": True},
+        "steps": 10,
+        "optim": {"lr": 0.001},
+        "run_dir": "runs/x=y",
+        "sample_prompt": "",
+    }
+    with pytest.raises(ConfigError, match="'steps'"):
+        parse_cli_overrides(["steps"])
+    cfg = apply_overrides(TrainConfig(), got)
+    assert cfg.optim.lr == 0.001 and cfg.model.remat is True
+
+
+def test_exponent_floats_from_cli_and_yaml(tmp_path):
+    # PyYAML follows YAML 1.1, where "3e-4" (no dot) is a string, not a float. Users write
+    # lr=3e-4 on the command line and lr: 3e-4 in YAML files; both must reach the float field.
+    cfg = apply_overrides(TrainConfig(), parse_cli_overrides(["optim.lr=3e-4"]))
+    assert cfg.optim.lr == pytest.approx(3e-4) and isinstance(cfg.optim.lr, float)
+    path = tmp_path / "lr.yaml"
+    path.write_text("optim:\n  lr: 1e-3\n  eps: 1.0e-6\n")
+    cfg = resolve_train_config(str(path))
+    assert cfg.optim.lr == pytest.approx(1e-3) and cfg.optim.eps == pytest.approx(1e-6)
+    with pytest.raises(ConfigError, match="'optim.lr'"):
+        apply_overrides(TrainConfig(), {"optim": {"lr": "fast"}})
+
+
+def test_model_preset_key():
+    cfg = apply_overrides(TrainConfig(), {"model": {"preset": "gpt2-tiny", "n_layers": 3}})
+    assert cfg.model == dataclasses.replace(get_model_preset("gpt2-tiny"), n_layers=3)
+    with pytest.raises(ConfigError, match="gpt2-huge"):
+        apply_overrides(TrainConfig(), {"model": {"preset": "gpt2-huge"}})
+
+
+def test_resolve_yaml_then_cli(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: tiny\nsteps: 5\nmodel:\n  n_layers: 2\n")
+    cfg = resolve_train_config(str(path), ["steps=9", "model.d_model=96"])
+    tiny = get_train_preset("tiny")
+    assert cfg.steps == 9 and cfg.model.n_layers == 2 and cfg.model.d_model == 96
+    assert cfg.batch_size == tiny.batch_size
+    with pytest.raises(ConfigError, match="not found"):
+        load_yaml(str(tmp_path / "missing.yaml"))
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_yaml(str(tmp_path / "list.yaml"))
+
+
+def test_to_dict_from_dict_round_trip():
+    cfg = apply_overrides(
+        get_train_preset("tiny"),
+        {
+            "model": {
+                "position": "rope",
+                "rope_scaling": {
+                    "kind": "yarn",
+                    "factor": 2.0,
+                    "original_max_position_embeddings": 256,
+                },
+            }
+        },
+    )
+    assert from_dict(to_dict(cfg)) == cfg

@@ -1,0 +1,153 @@
+"""Sharding on 8 forced CPU devices (see conftest.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from llmzoo.models import decoder
+from llmzoo.params import ParamSpec, init_params
+from llmzoo.presets import get_model_preset
+from llmzoo.sharding import (
+    batch_sharding,
+    constrain,
+    logical_to_spec,
+    make_mesh,
+    param_shardings,
+)
+
+P = PartitionSpec
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _eight_devices():
+    if jax.device_count() != 8:
+        pytest.skip(f"needs 8 devices (conftest forces 8 CPU devices), got {jax.device_count()}")
+
+
+@pytest.fixture(scope="module")
+def mesh222():
+    return make_mesh(2, 2, 2)
+
+
+def test_make_mesh_shapes():
+    m = make_mesh()
+    assert m.axis_names == ("data", "fsdp", "tensor")
+    assert dict(m.shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+    assert dict(make_mesh(data=2, fsdp=-1, tensor=2).shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert dict(make_mesh(1, 1, -1).shape) == {"data": 1, "fsdp": 1, "tensor": 8}
+    assert make_mesh(2, 2, 2).devices.size == 8
+    sub = make_mesh(data=-1, tensor=2, devices=jax.devices()[:4])
+    assert dict(sub.shape) == {"data": 2, "fsdp": 1, "tensor": 2}
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(data=-1, fsdp=-1), "at most one"),
+        (dict(data=3, fsdp=-1), "does not divide 8"),
+        (dict(data=2, fsdp=2, tensor=1), "needs 4 devices but 8"),
+        (dict(data=4, fsdp=4), "needs 16 devices"),
+    ],
+)
+def test_make_mesh_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_mesh(**kwargs)
+
+
+def test_logical_to_spec(mesh222):
+    assert logical_to_spec(("batch", "seq", "embed")) == P(("data", "fsdp"), None, None)
+    assert logical_to_spec(("embed", "mlp")) == P("fsdp", "tensor")
+    assert logical_to_spec(("heads", "kv_heads")) == P("tensor", None)  # tensor used once
+    assert logical_to_spec((None, "head_dim", "layers")) == P(None, None, None)
+    assert logical_to_spec(("unknown_axis",)) == P(None)
+    # size-1 mesh axes are dropped when a mesh is given
+    dp = make_mesh(data=8)
+    assert logical_to_spec(("batch", "embed", "mlp"), dp) == P("data", None, None)
+    assert logical_to_spec(("batch", "embed"), mesh222) == P(("data", "fsdp"), None)
+    custom = (("embed", "tensor"), ("mlp", ("data", "fsdp")))
+    assert logical_to_spec(("mlp", "embed"), rules=custom) == P(("data", "fsdp"), "tensor")
+
+
+def test_param_shardings_replicates_non_divisible(mesh222):
+    specs = {
+        "ok": ParamSpec((8, 6), logical_axes=("embed", "mlp")),
+        "odd": ParamSpec((3, 5), logical_axes=("embed", "mlp")),
+        "mixed": ParamSpec((4, 7, 2), logical_axes=("layers", "vocab", "embed")),
+        "unnamed": ParamSpec((4, 4)),
+    }
+    sh = param_shardings(specs, mesh222)
+    assert all(isinstance(s, NamedSharding) for s in jax.tree.leaves(sh))
+    assert sh["ok"].spec == P("fsdp", "tensor")
+    assert sh["odd"].spec == P(None, None)
+    assert sh["mixed"].spec == P(None, None, "fsdp")
+    assert sh["unnamed"].spec == P(None, None)
+
+
+def test_init_params_places_shards(mesh222):
+    specs = {
+        "w": ParamSpec((8, 6), logical_axes=("embed", "mlp")),
+        "odd": ParamSpec((3, 5), logical_axes=("embed", "mlp")),
+    }
+    sh = param_shardings(specs, mesh222)
+    params = init_params(jax.random.key(0), specs, sh)
+    assert params["w"].sharding.spec == P("fsdp", "tensor")
+    assert params["w"].sharding.mesh.shape == mesh222.shape
+    # each device holds a [4, 3] block of w
+    assert {s.data.shape for s in params["w"].addressable_shards} == {(4, 3)}
+    assert params["odd"].sharding.is_fully_replicated
+    # sharding does not change the values
+    plain = init_params(jax.random.key(0), specs)
+    np.testing.assert_array_equal(np.asarray(params["w"]), np.asarray(plain["w"]))
+    np.testing.assert_array_equal(np.asarray(params["odd"]), np.asarray(plain["odd"]))
+
+
+def test_batch_sharding(mesh222):
+    s = batch_sharding(mesh222, ndim=3)
+    assert s.spec == P(("data", "fsdp"), None, None)
+    x = jax.device_put(jnp.zeros((8, 4)), batch_sharding(mesh222))
+    assert {sh.data.shape for sh in x.addressable_shards} == {(2, 4)}
+
+
+def test_constrain_identity_outside_mesh():
+    x = jnp.arange(16.0).reshape(8, 2)
+    assert constrain(x, ("batch", "embed")) is x
+    y = jax.jit(lambda a: constrain(a * 2, ("batch", "embed")))(x)
+    np.testing.assert_array_equal(y, 2 * x)
+    assert y.sharding.is_fully_replicated
+
+
+def test_constrain_applies_inside_set_mesh(mesh222):
+    x = jnp.arange(64.0).reshape(8, 8)
+    f = jax.jit(lambda a: constrain(a + 1, ("batch", "mlp")))
+    with jax.set_mesh(mesh222):
+        y = f(x)
+    assert y.sharding.spec == P(("data", "fsdp"), "tensor")
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(x) + 1)
+    # a dimension that does not divide its mesh axes leaves the array unconstrained
+    g = jax.jit(lambda a: constrain(a + 1, ("batch", "mlp")))
+    with jax.set_mesh(mesh222):
+        z = g(jnp.ones((6, 8)))
+    np.testing.assert_array_equal(np.asarray(z), 2.0)
+
+
+def test_sharded_decoder_forward_matches_single_device(mesh222):
+    cfg = get_model_preset("gpt2-tiny")
+    tokens = jax.random.randint(jax.random.key(1), (4, 8), 0, cfg.vocab_size)
+    shardings = param_shardings(decoder.param_specs(cfg), mesh222)
+    sharded = decoder.init(jax.random.key(0), cfg, shardings)
+    assert sharded["layers"]["attn"]["wq"].sharding.spec == P(None, "fsdp", "tensor", None)
+    assert sharded["layers"]["mlp"]["w_up"].sharding.spec == P(None, "fsdp", "tensor")
+    assert sharded["embed"]["table"].sharding.spec == P("tensor", "fsdp")
+    apply = jax.jit(lambda p, t: decoder.apply(p, t, cfg=cfg))
+    with jax.set_mesh(mesh222):
+        toks = jax.device_put(tokens, batch_sharding(mesh222))
+        out = apply(sharded, toks)
+    assert out.shape == (4, 8, cfg.vocab_size)
+    assert not out.sharding.is_fully_replicated
+    # reference: the same values gathered to one device, no mesh
+    single = jax.device_put(jax.device_get(sharded), jax.devices()[0])
+    ref = apply(single, tokens)
+    assert ref.sharding.is_fully_replicated
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=1e-5)
