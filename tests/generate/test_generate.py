@@ -30,10 +30,15 @@ CONFIGS = {
 
 
 def greedy_uncached(params, prompt, n, cfg):
+    """Recomputes the whole sequence every step (no cache). The row is right-padded to one
+    fixed length so a single compiled forward serves every step; causality makes the padding
+    invisible to the positions we read."""
+    forward = jax.jit(lambda p, t: decoder.apply(p, t, cfg=cfg))
     seq = list(prompt)
+    width = len(prompt) + n
     for _ in range(n):
-        logits = decoder.apply(params, jnp.asarray([seq]), cfg=cfg)
-        seq.append(int(jnp.argmax(logits[0, -1])))
+        row = jnp.asarray([seq + [0] * (width - len(seq))])
+        seq.append(int(jnp.argmax(forward(params, row)[0, len(seq) - 1])))
     return seq[len(prompt) :]
 
 

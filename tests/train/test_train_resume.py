@@ -95,3 +95,25 @@ def test_eval_command(straight_run):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         vals = [json.loads(ln)["val_loss"] for ln in f if "val_loss" in ln]
     assert abs(result["loss"] - vals[-1]) < 1e-4
+
+
+def test_convert_round_trip_then_finetune_from_converted(straight_run, tmp_path):
+    """llmzoo run -> HF safetensors -> llmzoo run generates the same text and fine-tunes."""
+    run_dir, args, _ = straight_run
+    hf_dir, converted, finetune = tmp_path / "hf", tmp_path / "converted", tmp_path / "ft"
+    run_cli("convert", "--run", str(run_dir), "--to-hf", str(hf_dir))
+    assert (hf_dir / "model.safetensors").exists() and (hf_dir / "config.json").exists()
+    run_cli("convert", "--from-hf", str(hf_dir), "--out", str(converted))
+    prompt = ["--prompt", "class ", "--max-new-tokens", "6"]
+    original = run_cli("generate", "--run", str(run_dir), *prompt).stdout
+    assert run_cli("generate", "--run", str(converted), *prompt).stdout == original
+
+    args = [a for a in args if not a.startswith(("run_dir=", "steps="))]
+    proc = run_cli(
+        "train", "--no-progress", *args, f"init_from={converted}", f"run_dir={finetune}", "steps=2"
+    )
+    assert "initialised params from" in proc.stdout
+    # the first fine-tuning loss is that of the trained weights, not of a fresh init
+    before, after = losses(run_dir)[1], losses(run_dir)[8]
+    first = losses(finetune)[1]
+    assert abs(first - after) < abs(first - before)
