@@ -20,6 +20,14 @@ def register(name: str, cfg: ModelConfig) -> ModelConfig:
     return cfg
 
 
+def tiny(cfg: ModelConfig, **changes) -> ModelConfig:
+    """The test-sized version of a family preset (V=512, D=64, L=2, N=4, K=2, F=176, T=256)."""
+    shape = dict(
+        vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=176, max_seq_len=256
+    )
+    return dataclasses.replace(cfg, **{**shape, **changes})
+
+
 # GPT-2 (Radford et al., 2019): learned positions, pre-LN, GELU-tanh MLP, tied embeddings.
 _GPT2 = ModelConfig(family="gpt2", vocab_size=50257, max_seq_len=1024)
 register(

@@ -9,7 +9,7 @@ import dataclasses
 
 from llmzoo.models.decoder import apply, apply_cached, init, init_cache, param_specs
 from llmzoo.models.llama import LLAMA
-from llmzoo.presets import register
+from llmzoo.presets import register, tiny
 
 GEMMA = dataclasses.replace(
     LLAMA,
@@ -30,17 +30,7 @@ GEMMA = dataclasses.replace(
 )
 register(
     "gemma-tiny",
-    dataclasses.replace(
-        GEMMA,
-        vocab_size=512,
-        d_model=64,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=1,
-        head_dim=32,
-        d_ff=256,
-        max_seq_len=256,
-    ),
+    tiny(GEMMA, n_kv_heads=1, head_dim=32, d_ff=256),
 )
 register("gemma-2b", GEMMA)
 register(

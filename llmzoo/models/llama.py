@@ -10,7 +10,7 @@ import dataclasses
 from llmzoo.config import ModelConfig
 from llmzoo.layers.positional import RopeScaling
 from llmzoo.models.decoder import apply, apply_cached, init, init_cache, param_specs
-from llmzoo.presets import register
+from llmzoo.presets import register, tiny
 
 LLAMA = ModelConfig(
     family="llama",
@@ -49,16 +49,7 @@ _LLAMA3 = dataclasses.replace(
 )
 register(
     "llama-tiny",
-    dataclasses.replace(
-        LLAMA,
-        vocab_size=512,
-        d_model=64,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        d_ff=176,
-        max_seq_len=256,
-    ),
+    tiny(LLAMA),
 )
 register("llama2-7b", LLAMA)
 register(

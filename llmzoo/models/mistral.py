@@ -8,24 +8,14 @@ import dataclasses
 
 from llmzoo.models.decoder import apply, apply_cached, init, init_cache, param_specs
 from llmzoo.models.llama import LLAMA
-from llmzoo.presets import register
+from llmzoo.presets import register, tiny
 
 MISTRAL = dataclasses.replace(
     LLAMA, family="mistral", n_kv_heads=8, d_ff=14336, max_seq_len=32768, sliding_window=4096
 )
 register(
     "mistral-tiny",
-    dataclasses.replace(
-        MISTRAL,
-        vocab_size=512,
-        d_model=64,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        d_ff=176,
-        max_seq_len=256,
-        sliding_window=16,
-    ),
+    tiny(MISTRAL, sliding_window=16),
 )
 register("mistral-7b-v0.1", MISTRAL)
 register(

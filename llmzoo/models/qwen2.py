@@ -9,7 +9,7 @@ import dataclasses
 
 from llmzoo.models.decoder import apply, apply_cached, init, init_cache, param_specs
 from llmzoo.models.llama import LLAMA
-from llmzoo.presets import register
+from llmzoo.presets import register, tiny
 
 QWEN2 = dataclasses.replace(
     LLAMA,
@@ -28,16 +28,7 @@ QWEN2 = dataclasses.replace(
 )
 register(
     "qwen2-tiny",
-    dataclasses.replace(
-        QWEN2,
-        vocab_size=512,
-        d_model=64,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        d_ff=176,
-        max_seq_len=256,
-    ),
+    tiny(QWEN2),
 )
 register("qwen2-0.5b", QWEN2)
 register(
