@@ -103,3 +103,21 @@ def test_changed_config_on_existing_run_leaves_it_intact(capsys, tmp_path, tiny_
 def test_generate_on_missing_run(capsys, tmp_path):
     assert main(["generate", "--run", str(tmp_path / "nothing"), "--prompt", "x"]) == 2
     assert "not an llmzoo run directory" in one_error_line(capsys)
+
+
+def test_all_checkpoints_corrupt_is_an_error_not_a_restart(capsys, tmp_path, tiny_run_args):
+    run_dir = tmp_path / "run"
+    args = [*tiny_run_args, f"run_dir={run_dir}", "steps=2", "eval_every=2", "ckpt_every=1"]
+    assert main(["train", "--no-progress", *args]) == 0
+    capsys.readouterr()
+    for root, _, files in os.walk(run_dir / "checkpoints"):
+        for name in files:
+            if "params" in root:
+                with open(os.path.join(root, name), "r+b") as f:
+                    f.truncate(1)
+    before = tree_digest(run_dir)
+    assert main(["train", "--no-progress", *args, "steps=4"]) == 2
+    assert "can be read" in one_error_line(capsys)
+    assert tree_digest(run_dir) == before  # metrics and checkpoints untouched
+    assert main(["generate", "--run", str(run_dir), "--prompt", "x"]) == 2
+    assert "can be read" in one_error_line(capsys)

@@ -56,17 +56,24 @@ def _abstract(tree):
 def restore_latest(mngr, abstract_params, abstract_opt_state=None, *, quarantine: bool = True):
     """Restores the newest readable checkpoint, falling back past corrupt ones with a warning.
 
-    A checkpoint that fails to load is moved to ``<run>/corrupt_checkpoints/`` (never deleted),
-    so the next save at that step cannot collide with it.
+    Once an older checkpoint loads, the unreadable newer ones are moved to
+    ``<run>/corrupt_checkpoints/`` (never deleted), so later saves at those steps cannot collide
+    with them. If no checkpoint loads, nothing is moved and an error is raised: silently starting
+    over would overwrite the run's history.
 
     Args:
         mngr: from :func:`checkpoint_manager`.
         abstract_params: tree of ``jax.ShapeDtypeStruct`` (with shardings) for the params.
         abstract_opt_state: likewise for the optimizer state; None restores params only.
+        quarantine: move unreadable checkpoints aside after a successful fallback.
 
     Returns:
-        ``(step, params, opt_state, meta)`` or None if there is no checkpoint.
+        ``(step, params, opt_state, meta)``, or None if there is no checkpoint at all.
+
+    Raises:
+        CheckpointError: checkpoints exist but none of them can be read.
     """
+    failed: list[tuple[int, str]] = []
     for step in sorted(mngr.all_steps(), reverse=True):
         items = {
             "params": ocp.args.StandardRestore(abstract_params),
@@ -77,23 +84,32 @@ def restore_latest(mngr, abstract_params, abstract_opt_state=None, *, quarantine
         try:
             out = mngr.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
-            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            ckpt_dir = os.path.join(str(mngr.directory), str(step))
-            msg = f"checkpoint at step {step} is unreadable ({reason}); using the previous one"
-            if quarantine and os.path.isdir(ckpt_dir):
-                dest = os.path.join(
-                    os.path.dirname(str(mngr.directory)),
-                    "corrupt_checkpoints",
-                    f"{step}-{int(time.time())}",
-                )
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                shutil.move(ckpt_dir, dest)
-                mngr.reload()
-                msg += f"; moved it to {dest}"
-            warnings.warn(msg, stacklevel=2)
+            failed.append((step, str(e).splitlines()[0][:200] if str(e) else type(e).__name__))
             continue
+        for bad, reason in failed:
+            msg = f"checkpoint at step {bad} is unreadable ({reason}); using step {step}"
+            if quarantine:
+                msg += f"; moved it to {_quarantine(mngr, bad)}"
+            warnings.warn(msg, stacklevel=2)
         return step, out["params"], out.get("opt_state"), dict(out["meta"] or {})
+    if failed:
+        steps = ", ".join(str(s) for s, _ in failed)
+        raise CheckpointError(
+            f"no checkpoint in {str(mngr.directory)!r} can be read (steps {steps}; newest: "
+            f"{failed[0][1]}); restore them, or use a new run_dir to start over"
+        )
     return None
+
+
+def _quarantine(mngr, step: int) -> str:
+    """Moves checkpoint ``step`` to ``<run>/corrupt_checkpoints/`` and returns its new path."""
+    src = os.path.join(str(mngr.directory), str(step))
+    run_dir = os.path.dirname(str(mngr.directory))
+    dest = os.path.join(run_dir, "corrupt_checkpoints", f"{step}-{int(time.time())}")
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    shutil.move(src, dest)
+    mngr.reload()
+    return dest
 
 
 def write_config(run_dir: str, cfg: TrainConfig) -> None:

@@ -139,9 +139,6 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True
             f"micro-batch {cfg.batch_size // cfg.grad_accum} (batch_size/grad_accum) is not "
             f"divisible by the {n_batch} data-parallel devices; change batch_size or the mesh"
         )
-    os.makedirs(run_dir, exist_ok=True)
-    ckpt.write_config(run_dir, cfg)
-    ckpt.copy_tokenizer(tokenizer.path, run_dir)
 
     specs = decoder.param_specs(cfg.model)
     tx = make_optimizer(cfg.optim, cfg.steps, specs)
@@ -194,6 +191,9 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True
         if "data" in meta:
             it.set_state(meta["data"])
         log(f"resumed from step {start} in {run_dir}")
+    # Only now, with the checkpoint (if any) read, is the run directory written to.
+    ckpt.write_config(run_dir, cfg)
+    ckpt.copy_tokenizer(tokenizer.path, run_dir)
     writer = MetricsWriter(run_dir, resume_step=start)
     last = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
 
