@@ -23,13 +23,17 @@ def lr_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
 
 
 def decay_mask(specs) -> dict:
-    """True for params that get weight decay: matrices, i.e. specs with two or more axes other
-    than the stacked ``layers`` axis. Norm scales and biases are excluded."""
-    return jax.tree.map(
-        lambda s: sum(a != "layers" for a in (s.logical_axes or (None,) * len(s.shape))) >= 2,
-        specs,
-        is_leaf=is_spec,
-    )
+    """True for params that get weight decay: projection matrices and embedding tables, i.e.
+    specs with an ``embed`` axis and at least one other axis besides the stacked ``layers``.
+
+    Norm scales ``[D]``, MLP biases ``[F]`` and attention biases ``[N, H]`` are excluded.
+    """
+
+    def decays(s):
+        axes = [a for a in (s.logical_axes or (None,) * len(s.shape)) if a != "layers"]
+        return "embed" in axes and len(axes) >= 2
+
+    return jax.tree.map(decays, specs, is_leaf=is_spec)
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int, specs) -> optax.GradientTransformation:
