@@ -109,6 +109,50 @@ def _replicate_scalars(tree, mesh):
     )
 
 
+def _initial_state(cfg: TrainConfig, mesh, log) -> tuple[TrainState, object]:
+    """A fresh (or ``init_from``) TrainState laid out on ``mesh``, and its optimizer."""
+    specs = decoder.param_specs(cfg.model)
+    tx = make_optimizer(cfg.optim, cfg.steps, specs)
+    p_shard = sharding.param_shardings(specs, mesh)
+    if cfg.init_from:
+        _, params, _ = ckpt.load_params(cfg.init_from, shardings=p_shard)
+        log(f"initialised params from {cfg.init_from}")
+    else:
+        key = jax.random.fold_in(jax.random.key(cfg.seed), 0x7FFFFFFF)
+        params = init_params(key, specs, p_shard)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return _replicate_scalars(state, mesh), tx
+
+
+def _final_summary(cfg, state, tokenizer, eval_batches, val_loss) -> dict:
+    """Validation loss next to the unigram baseline, and a sample, at the end of training."""
+    from llmzoo.data import build_source, unigram_entropy
+    from llmzoo.generate import generate_text
+
+    d = cfg.data
+    train_src = build_source(d.dataset, d.train_split, data_dir=d.data_dir, text_key=d.text_key)
+    train_tokens = (tokenizer.encode(train_src[i]) for i in range(len(train_src)))
+    eval_tokens = [np.asarray(b["targets"])[np.asarray(b["loss_mask"]) > 0] for b in eval_batches]
+    room = cfg.model.max_seq_len - len(tokenizer.encode(cfg.sample_prompt)) - 1
+    sample = generate_text(
+        jax.device_get(state.params),
+        tokenizer,
+        cfg.sample_prompt,
+        cfg=cfg.model,
+        max_new_tokens=max(1, min(cfg.sample_tokens, room)),
+        temperature=0.8,
+        top_k=40,
+        seed=cfg.seed,
+    )
+    return {
+        "val_loss": val_loss,
+        "unigram_entropy": unigram_entropy(
+            train_tokens, tokenizer.vocab_size, eval_token_ids=eval_tokens
+        ),
+        "sample": sample,
+    }
+
+
 def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True, log=print):
     """Trains (or resumes) the run in ``cfg.run_dir``.
 
@@ -121,7 +165,7 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True
     Returns:
         A summary dict: step, val_loss, unigram_entropy, sample, run_dir.
     """
-    from llmzoo.data import build_source, make_eval_batches, make_lm_pipeline, unigram_entropy
+    from llmzoo.data import build_source, make_eval_batches, make_lm_pipeline
 
     cfg = resolve_init_from(cfg)
     run_dir = cfg.run_dir
@@ -140,18 +184,9 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True
             f"divisible by the {n_batch} data-parallel devices; change batch_size or the mesh"
         )
 
-    specs = decoder.param_specs(cfg.model)
-    tx = make_optimizer(cfg.optim, cfg.steps, specs)
+    state, tx = _initial_state(cfg, mesh, log)
     schedule = lr_schedule(cfg.optim, cfg.steps)
     key = jax.random.key(cfg.seed)
-    p_shard = sharding.param_shardings(specs, mesh)
-    if cfg.init_from:
-        _, params, _ = ckpt.load_params(cfg.init_from, shardings=p_shard)
-        log(f"initialised params from {cfg.init_from}")
-    else:
-        params = init_params(jax.random.fold_in(key, -1 & 0x7FFFFFFF), specs, p_shard)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-    state = _replicate_scalars(state, mesh)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     batch_shard = sharding.batch_sharding(mesh)
     train_fn, eval_fn = make_steps(cfg.model, tx, cfg.grad_accum, state_shardings, batch_shard)
@@ -257,35 +292,5 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True
         if val_loss is None:
             with jax.set_mesh(mesh):
                 val_loss = evaluate(eval_fn, state.params, eval_batches, put)
-        train_tokens = _tokens(
-            build_source(d.dataset, d.train_split, data_dir=d.data_dir, text_key=d.text_key),
-            tokenizer,
-        )
-        eval_tokens = [_masked_targets(b) for b in eval_batches]
-        summary["val_loss"] = val_loss
-        summary["unigram_entropy"] = unigram_entropy(
-            train_tokens, tokenizer.vocab_size, eval_token_ids=eval_tokens
-        )
-        from llmzoo.generate import generate_text
-
-        summary["sample"] = generate_text(
-            jax.device_get(state.params),
-            tokenizer,
-            cfg.sample_prompt,
-            cfg=cfg.model,
-            max_new_tokens=min(cfg.sample_tokens, cfg.model.max_seq_len - 32),
-            temperature=0.8,
-            top_k=40,
-            seed=cfg.seed,
-        )
+        summary.update(_final_summary(cfg, state, tokenizer, eval_batches, val_loss))
     return summary
-
-
-def _tokens(source, tokenizer):
-    for i in range(len(source)):
-        yield tokenizer.encode(source[i])
-
-
-def _masked_targets(batch):
-    t, m = np.asarray(batch["targets"]), np.asarray(batch["loss_mask"])
-    return t[m > 0]
