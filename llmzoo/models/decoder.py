@@ -258,12 +258,4 @@ def apply_cached(
     return _logits(params, x, cfg), new_cache
 
 
-def count_flops_per_token(cfg: ModelConfig) -> float:
-    """Approximate training FLOPs per token: 6 * params + attention (Kaplan et al., 2020)."""
-    from llmzoo.params import param_count
-
-    n = param_count(param_specs(cfg)) - cfg.vocab_size * cfg.d_model * (not cfg.tie_embeddings)
-    return 6.0 * n + 12.0 * cfg.n_layers * cfg.d_model * cfg.max_seq_len
-
-
 __all__ = ["param_specs", "init", "apply", "init_cache", "apply_cached"]
