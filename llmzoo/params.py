@@ -9,6 +9,7 @@ host ever holds a full unsharded copy of a large model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import zlib
 from collections.abc import Callable
@@ -21,13 +22,21 @@ import numpy as np
 Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Normal:
+    std: float
+
+    def __call__(self, key, shape, dtype):
+        return (self.std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+
 def normal(std: float = 0.02) -> Initializer:
-    """Returns an initializer drawing from N(0, std^2)."""
+    """Returns an initializer drawing from N(0, std^2).
 
-    def init(key, shape, dtype):
-        return (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
-
-    return init
+    Initializers are hashable values (equal for equal ``std``), so equal spec trees share one
+    compiled ``init_params``.
+    """
+    return _Normal(float(std))
 
 
 def zeros(key, shape, dtype):
@@ -79,14 +88,21 @@ def stack(specs: Any, n: int, axis_name: str = "layers") -> Any:
     """
 
     def one(s: ParamSpec) -> ParamSpec:
-        def init(key, shape, dtype, _inner=s.init):
-            keys = jax.random.split(key, shape[0])
-            return jax.vmap(lambda k: _inner(k, shape[1:], dtype))(keys)
-
         axes = s.logical_axes or (None,) * len(s.shape)
-        return ParamSpec((n, *s.shape), s.dtype, (axis_name, *axes), init)
+        return ParamSpec((n, *s.shape), s.dtype, (axis_name, *axes), _Stacked(s.init))
 
     return jax.tree.map(one, specs, is_leaf=is_spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stacked:
+    """Draws each slice of the leading axis independently with ``inner``."""
+
+    inner: Initializer
+
+    def __call__(self, key, shape, dtype):
+        keys = jax.random.split(key, shape[0])
+        return jax.vmap(lambda k: self.inner(k, shape[1:], dtype))(keys)
 
 
 def abstract_params(specs: Any) -> Any:
@@ -114,14 +130,31 @@ def init_params(key: jax.Array, specs: Any, shardings: Any = None) -> Any:
         The params pytree (nested dict of arrays).
     """
 
+    leaves, treedef = jax.tree.flatten(specs, is_leaf=is_spec)
+    flat_shardings = None
+    if shardings is not None:
+        s_leaves, s_def = jax.tree.flatten(shardings)
+        flat_shardings = (s_def, tuple(s_leaves))
+    args = (treedef, tuple(leaves), flat_shardings)
+    try:
+        fn = _compiled_init(*args)
+    except TypeError:  # an unhashable custom initializer: build without the cache
+        fn = _compiled_init.__wrapped__(*args)
+    return fn(key)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_init(treedef, leaves: tuple, flat_shardings):
+    """One jitted initializer per (spec tree, shardings), so equal trees compile once."""
+    specs = jax.tree.unflatten(treedef, leaves)
+    shardings = None if flat_shardings is None else jax.tree.unflatten(*flat_shardings)
+
     def build(k):
         return jax.tree_util.tree_map_with_path(
-            lambda p, s: s.init(_path_key(k, p), s.shape, s.dtype),
-            specs,
-            is_leaf=is_spec,
+            lambda p, s: s.init(_path_key(k, p), s.shape, s.dtype), specs, is_leaf=is_spec
         )
 
-    return jax.jit(build, out_shardings=shardings)(key)
+    return jax.jit(build, out_shardings=shardings)
 
 
 def param_count(tree: Any) -> int:
