@@ -86,7 +86,7 @@ def load_any_tokenizer(path: str):
     if path.endswith(".json"):
         from llmzoo.hf.tokenizer import load_hf_tokenizer
 
-        return load_hf_tokenizer(os.path.dirname(path) or ".")
+        return load_hf_tokenizer(path)  # the file itself, not whatever its folder holds
     from llmzoo.data import Tokenizer
 
     return Tokenizer.load(path)
