@@ -19,6 +19,7 @@ import numpy as np
 from llmzoo.config import OptimConfig
 from llmzoo.layers.attention import attention_mask, dot_product_attention
 from llmzoo.models import decoder
+from llmzoo.objectives.losses import token_loss
 from llmzoo.params import param_count
 from llmzoo.presets import get_model_preset
 from llmzoo.train.optimizer import make_optimizer
@@ -41,7 +42,7 @@ def bench_train_step(cfg, batch, seq):
     tx = make_optimizer(OptimConfig(), 1000, specs)
     params = decoder.init(jax.random.key(0), cfg)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-    train_fn, _ = make_steps(cfg, tx, 1)
+    train_fn, _ = make_steps(token_loss, cfg, tx, 1)
     toks = jax.random.randint(jax.random.key(1), (batch, seq + 1), 0, cfg.vocab_size)
     b = {
         "tokens": toks[:, :-1],

@@ -24,7 +24,7 @@ values are parsed as YAML. Training resumes from the newest checkpoint in run_di
 
 
 def _cmd_train(args) -> int:
-    from llmzoo.config import resolve_train_config
+    from llmzoo.presets import resolve_train_config
     from llmzoo.train.loop import train
 
     cfg = resolve_train_config(args.config, args.overrides)
@@ -34,6 +34,10 @@ def _cmd_train(args) -> int:
         print(
             f"unigram entropy of the validation tokens: {summary['unigram_entropy']:.4f} nats/token"
         )
+    if summary.get("majority_accuracy") is not None:
+        print(f"masked-token accuracy: {summary['val_accuracy']:.4f}")
+        print(f"always predicting the most frequent token: {summary['majority_accuracy']:.4f}")
+    if summary.get("sample") is not None:
         print(f"sample ({cfg.sample_prompt!r} ->): {summary['sample']!r}")
     print(f"run directory: {summary['run_dir']} (step {summary['step']})")
     return 0
@@ -48,18 +52,19 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_generate(args) -> int:
+    from llmzoo import run_dir
+    from llmzoo.errors import GenerationError
     from llmzoo.generate import generate_text
-    from llmzoo.train import checkpoint as ckpt
-    from llmzoo.train.loop import load_any_tokenizer
+    from llmzoo.models import registry
 
-    cfg, params, _ = ckpt.load_params(args.run)
-    tok_path = ckpt.tokenizer_path(args.run)
-    if tok_path is None:
-        raise LlmzooError(
-            f"run {args.run!r} has no tokenizer.model or tokenizer.json; copy the tokenizer "
-            "used for training into it"
+    cfg = run_dir.read_config(args.run)
+    if not registry.can_generate(cfg.model.kind):
+        raise GenerationError(
+            f"run {args.run!r} is a model.kind={cfg.model.kind!r} model, which cannot generate "
+            "text; use `llmzoo embed` for encoders, or a decoder or seq2seq run"
         )
-    tokenizer = load_any_tokenizer(tok_path)
+    cfg, params, _ = run_dir.load_params(args.run)
+    tokenizer = run_dir.read_tokenizer(args.run)
     text = generate_text(
         params,
         tokenizer,
@@ -72,7 +77,7 @@ def _cmd_generate(args) -> int:
         seed=args.seed,
         stop_at_eos=not args.no_stop,
     )
-    print(args.prompt + text)
+    print(text if cfg.model.kind == "seq2seq" else args.prompt + text)
     return 0
 
 

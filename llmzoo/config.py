@@ -10,109 +10,117 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
 
 from llmzoo.errors import ConfigError
-from llmzoo.layers.positional import RopeScaling
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RopeScaling:
+    """RoPE frequency-scaling settings (hashable, so it can live in a model config).
+
+    Attributes:
+        kind: ``'linear'``, ``'ntk'``, ``'yarn'`` or ``'llama3'``.
+        factor: context extension factor.
+        original_max_position_embeddings: pretraining context (yarn, llama3).
+        low_freq_factor, high_freq_factor: llama3 band edges.
+        beta_fast, beta_slow: yarn ramp edges in rotations.
+        attention_factor: yarn cos/sin multiplier; derived from ``factor`` (and ``mscale``,
+            ``mscale_all_dim``) when None.
+        truncate: yarn: round the correction range to whole dimensions.
+    """
+
+    kind: str
+    factor: float = 1.0
+    original_max_position_embeddings: int | None = None
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: float | None = None
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+    truncate: bool = True
+
+    def __post_init__(self):
+        if self.kind not in ("linear", "ntk", "yarn", "llama3"):
+            raise ConfigError(
+                f"rope_scaling.kind={self.kind!r} is unknown; use linear, ntk, yarn or llama3"
+            )
+        if self.kind in ("yarn", "llama3") and self.original_max_position_embeddings is None:
+            raise ConfigError(
+                f"rope_scaling.kind={self.kind!r} needs original_max_position_embeddings "
+                "(the pretraining context length)"
+            )
+
+
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """A decoder-only transformer. Families differ only in these switches.
+    """The fields every model kind shares; each kind's config (``DecoderConfig`` ...) extends it.
+
+    A kind's config lives in its module (:mod:`llmzoo.models.decoder` ...), and YAML selects it
+    with ``model.kind``. Subclasses set the default of ``kind`` to their own name.
 
     Attributes:
-        family: ``gpt2``, ``llama``, ``mistral``, ``qwen2``, ``gemma`` or ``gpt_neox``.
+        kind: the model kind (``decoder``, ``encoder``, ``seq2seq`` ...); fixed per subclass.
+        family: the architecture family (``gpt2``, ``llama``, ``bert``, ``t5`` ...).
         vocab_size: V.
-        d_model: D.
-        n_layers: number of blocks L.
-        n_heads: N query heads.
-        n_kv_heads: K key/value heads (None: K = N; 1: MQA).
-        head_dim: H (None: D / N).
-        d_ff: F, the MLP hidden width.
-        max_seq_len: the longest sequence (learned position table size; RoPE models' limit).
-        position: ``learned``, ``rope``, ``alibi``, ``sinusoidal`` or ``none``.
-        rope_theta: RoPE base.
-        rope_fraction: fraction of H rotated (GPT-NeoX partial rotary).
-        rope_scaling: optional :class:`RopeScaling`.
-        norm: ``layernorm`` or ``rmsnorm``; norm_eps its epsilon; norm_bias LayerNorm bias.
-        norm_zero_centered: RMSNorm scales by ``1 + w`` (Gemma).
-        mlp: activation or gated kind (``gelu_tanh``, ``swiglu``, ``geglu`` ...); mlp_bias.
-        qkv_bias, out_bias: biases on the q/k/v and output projections.
-        parallel_residual: ``x + attn(norm1(x)) + mlp(norm2(x))`` (GPT-NeoX, GPT-J).
-        sliding_window: attend to at most this many most recent keys (Mistral).
-        tie_embeddings: the LM head is the transposed embedding table.
-        embed_scale: multiply embeddings by sqrt(D) (Gemma).
-        attn_scale: logit scale override (default H ** -0.5).
-        dropout: embedding and residual dropout rate (training only).
-        init_std: init std; output projections use ``init_std / sqrt(2 L)`` (GPT-2).
-        dtype: compute dtype (``float32`` or ``bfloat16``); params stay float32.
+        max_seq_len: the longest sequence the model is meant to see.
+        dropout: dropout rate in training (0 disables it).
+        init_std: std of the normal initializer.
+        dtype: compute dtype (``float32``, ``bfloat16`` or ``float16``); params stay float32.
         remat: rematerialise each block in the backward pass.
     """
 
-    family: str = "gpt2"
+    kind: str = ""
+    family: str = ""
     vocab_size: int = 50257
-    d_model: int = 768
-    n_layers: int = 12
-    n_heads: int = 12
-    n_kv_heads: int | None = None
-    head_dim: int | None = None
-    d_ff: int = 3072
     max_seq_len: int = 1024
-    position: str = "learned"
-    rope_theta: float = 10000.0
-    rope_fraction: float = 1.0
-    rope_scaling: RopeScaling | None = None
-    norm: str = "layernorm"
-    norm_eps: float = 1e-5
-    norm_bias: bool = True
-    norm_zero_centered: bool = False
-    mlp: str = "gelu_tanh"
-    mlp_bias: bool = True
-    qkv_bias: bool = True
-    out_bias: bool = True
-    parallel_residual: bool = False
-    sliding_window: int | None = None
-    tie_embeddings: bool = True
-    embed_scale: bool = False
-    attn_scale: float | None = None
     dropout: float = 0.0
     init_std: float = 0.02
     dtype: str = "float32"
     remat: bool = False
 
     def __post_init__(self):
-        if self.head_dim is None and self.d_model % self.n_heads:
+        own = type(self).__dataclass_fields__["kind"].default
+        if self.kind != own:
             raise ConfigError(
-                f"model.n_heads={self.n_heads} does not divide model.d_model={self.d_model}; "
-                "choose n_heads that divides d_model or set model.head_dim"
+                f"model.kind={self.kind!r} does not match {type(self).__name__} (kind {own!r}); "
+                "select the kind through the config loader's model.kind"
             )
-        if self.n_heads % self.kv_heads:
-            raise ConfigError(
-                f"model.n_kv_heads={self.n_kv_heads} must divide model.n_heads={self.n_heads}"
-            )
-        if self.position not in ("learned", "rope", "alibi", "sinusoidal", "none"):
-            raise ConfigError(
-                f"model.position={self.position!r} is unknown; "
-                "use learned, rope, alibi, sinusoidal or none"
-            )
-        if self.norm not in ("layernorm", "rmsnorm"):
-            raise ConfigError(f"model.norm={self.norm!r} is unknown; use layernorm or rmsnorm")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
+        check_range("model.vocab_size", self.vocab_size, lo=1)
+        check_range("model.max_seq_len", self.max_seq_len, lo=1)
+        check_range("model.dropout", self.dropout, lo=0.0, hi=1.0, hi_open=True)
+        check_range("model.init_std", self.init_std, lo=0.0)
+        if self.dtype not in DTYPES:
             raise ConfigError(f"model.dtype={self.dtype!r}; use float32, bfloat16 or float16")
 
     @property
-    def kv_heads(self) -> int:
-        return self.n_kv_heads or self.n_heads
+    def position_limit(self) -> int | None:
+        """The hard limit on sequence length (a learned position table), or None."""
+        return None
 
-    @property
-    def dim_per_head(self) -> int:
-        return self.head_dim or self.d_model // self.n_heads
 
-    @property
-    def rotary_dim(self) -> int:
-        return int(self.dim_per_head * self.rope_fraction)
+def check_range(
+    name: str, value, *, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False
+) -> None:
+    """Raises a ConfigError naming ``name`` when ``value`` is outside ``[lo, hi]``.
+
+    ``lo_open``/``hi_open`` exclude the bound itself.
+    """
+    low_bad = lo is not None and (value <= lo if lo_open else value < lo)
+    high_bad = hi is not None and (value >= hi if hi_open else value > hi)
+    if low_bad or high_bad:
+        left = "" if lo is None else ("(" if lo_open else "[") + f"{lo}"
+        right = "" if hi is None else f"{hi}" + (")" if hi_open else "]")
+        want = f"in {left or '(-inf'}, {right or 'inf)'}"
+        raise ConfigError(f"{name}={value!r} is out of range; use a value {want}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -159,17 +167,60 @@ class OptimConfig:
     clip_norm: float = 1.0
 
 
+OBJECTIVES = ("causal_lm", "mlm", "span_corruption", "denoising")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ObjectiveConfig:
+    """What the model is trained to predict, and how its inputs are corrupted.
+
+    Attributes:
+        name: ``causal_lm`` (next token), ``mlm`` (BERT masked LM), ``span_corruption`` (T5) or
+            ``denoising`` (BART text infilling and sentence permutation).
+        mask_prob: mlm: fraction of tokens selected for prediction (80% masked, 10% random,
+            10% kept).
+        whole_word: mlm: select whole words rather than single pieces.
+        noise_density: span_corruption: fraction of tokens corrupted.
+        mean_span_length: span_corruption: mean length of a corrupted span.
+        mask_ratio: denoising: fraction of tokens masked by text infilling.
+        poisson_lambda: denoising: mean of the Poisson span lengths.
+        permute_sentences: denoising: shuffle the sentences of each example.
+    """
+
+    name: str = "causal_lm"
+    mask_prob: float = 0.15
+    whole_word: bool = False
+    noise_density: float = 0.15
+    mean_span_length: float = 3.0
+    mask_ratio: float = 0.3
+    poisson_lambda: float = 3.0
+    permute_sentences: bool = True
+
+    def __post_init__(self):
+        if self.name not in OBJECTIVES:
+            raise ConfigError(
+                f"objective.name={self.name!r} is unknown; use one of {', '.join(OBJECTIVES)}"
+            )
+        for key in ("mask_prob", "noise_density", "mask_ratio"):
+            check_range(
+                f"objective.{key}", getattr(self, key), lo=0.0, hi=1.0, lo_open=True, hi_open=True
+            )
+        check_range("objective.mean_span_length", self.mean_span_length, lo=1.0)
+        check_range("objective.poisson_lambda", self.poisson_lambda, lo=0.0, lo_open=True)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Everything ``llmzoo train`` needs.
 
     Attributes:
-        model, data, optim: nested configs.
+        model: the model kind's config (``DecoderConfig``, ``EncoderConfig`` ...).
+        data, optim, objective: nested configs.
         run_dir: where checkpoints, ``config.yaml`` and ``metrics.jsonl`` go.
         steps: total optimizer steps.
         batch_size: sequences per optimizer step (global, across devices).
         grad_accum: micro-batches per step (batch_size must divide by it).
-        seq_len: tokens per training sequence T.
+        seq_len: tokens per training sequence T (the encoder input length of seq2seq models).
         seed: base seed; step ``s`` uses ``fold_in(key(seed), s)``.
         eval_every, eval_batches: periodic validation.
         ckpt_every, keep_checkpoints: Orbax checkpointing cadence and ``max_to_keep``.
@@ -179,9 +230,10 @@ class TrainConfig:
         sample_prompt, sample_tokens: the sample printed at the end of training.
     """
 
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    model: ModelConfig
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
     run_dir: str = "runs/default"
     steps: int = 1000
     batch_size: int = 16
@@ -201,11 +253,24 @@ class TrainConfig:
     sample_tokens: int = 64
 
     def __post_init__(self):
+        for key in (
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "seq_len",
+            "eval_every",
+            "eval_batches",
+            "ckpt_every",
+            "keep_checkpoints",
+            "log_every",
+        ):
+            check_range(key, getattr(self, key), lo=1)
         if self.batch_size % self.grad_accum:
             raise ConfigError(
                 f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}"
             )
-        if self.seq_len > self.model.max_seq_len and self.model.position in ("learned",):
+        limit = self.model.position_limit
+        if limit is not None and self.seq_len > limit:
             raise ConfigError(
                 f"seq_len={self.seq_len} exceeds the positional table "
                 f"(model.max_seq_len={self.model.max_seq_len}); lower seq_len or raise "
@@ -258,36 +323,44 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def apply_overrides(cfg: Any, overrides: dict, prefix: str = "") -> Any:
+# ``chooser(current, overrides, name) -> (base, remaining_overrides)``: picks the dataclass a
+# section's overrides apply to (e.g. the ``model`` section's ``kind`` and ``preset`` keys).
+Chooser = Callable[[Any, dict, str], tuple[Any, dict]]
+
+
+def apply_overrides(
+    cfg: Any, overrides: dict, prefix: str = "", *, choosers: Mapping[str, Chooser] | None = None
+) -> Any:
     """Returns ``cfg`` with nested ``overrides`` applied, checking every key and type.
 
     A nested dataclass field takes a dict; a field typed ``X | None`` whose dataclass is X
-    (``rope_scaling``) takes a dict that builds X. The key ``preset`` inside the ``model`` dict
-    selects a model preset (from ``llmzoo.presets``) before the other keys apply.
+    (``rope_scaling``) takes a dict that builds X. ``choosers`` maps a section's dotted name
+    (``'model'``) to a function that may first swap the section's dataclass, e.g. for a
+    ``kind`` or ``preset`` key (see :func:`llmzoo.presets.choose_model`); this module knows no
+    model kinds itself.
 
     Raises:
-        ConfigError: naming the first unknown key or mistyped value.
+        ConfigError: naming the first unknown key, mistyped or out-of-range value.
     """
     if not isinstance(overrides, dict):
         raise ConfigError(f"config section {prefix or '<root>'!r} must be a mapping")
+    choosers = choosers or {}
     hints = typing.get_type_hints(type(cfg))
     fields = {f.name for f in dataclasses.fields(cfg)}
     changes: dict[str, Any] = {}
-    overrides = dict(overrides)
-    if "preset" in overrides and isinstance(cfg, ModelConfig):
-        from llmzoo.presets import get_model_preset
-
-        cfg = get_model_preset(overrides.pop("preset"))
-    for key, value in overrides.items():
+    for key, value in dict(overrides).items():
         name = f"{prefix}{key}"
         if key not in fields:
+            kind = f" of model.kind={cfg.kind!r}" if isinstance(cfg, ModelConfig) else ""
             raise ConfigError(
-                f"unknown config key {name!r}; valid keys here: {', '.join(sorted(fields))}"
+                f"unknown config key {name!r}; valid keys here{kind}: {', '.join(sorted(fields))}"
             )
         tp = hints[key]
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            changes[key] = apply_overrides(current, value, f"{name}.")
+            if name in choosers:
+                current, value = choosers[name](current, dict(value), name)
+            changes[key] = apply_overrides(current, value, f"{name}.", choosers=choosers)
             continue
         if isinstance(value, dict):
             dc = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
@@ -364,29 +437,3 @@ def merge(a: dict, b: dict) -> dict:
 def to_dict(cfg: Any) -> dict:
     """A config as plain nested dicts (for YAML/JSON)."""
     return dataclasses.asdict(cfg)
-
-
-def resolve_train_config(
-    config_file: str | None = None,
-    overrides: list[str] = (),
-    base: TrainConfig | None = None,
-) -> TrainConfig:
-    """Builds a TrainConfig: preset (or ``base``), then a YAML file, then CLI overrides.
-
-    A top-level ``preset: NAME`` key in the YAML or CLI picks a training preset.
-    """
-    from llmzoo.presets import get_train_preset
-
-    data = load_yaml(config_file) if config_file else {}
-    data = merge(data, parse_cli_overrides(list(overrides)))
-    cfg = base
-    if "preset" in data:
-        cfg = get_train_preset(data.pop("preset"))
-    if cfg is None:
-        cfg = get_train_preset("tiny")
-    return apply_overrides(cfg, data)
-
-
-def from_dict(data: dict) -> TrainConfig:
-    """Rebuilds a TrainConfig from :func:`to_dict` output (e.g. a run's saved config)."""
-    return apply_overrides(TrainConfig(), data)

@@ -1,48 +1,56 @@
-"""Evaluate a run's newest checkpoint on a dataset split."""
+"""Evaluate a run's newest checkpoint on a dataset split, with its objective's own metrics."""
 
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 
-from llmzoo.train import checkpoint as ckpt
+from llmzoo import run_dir as ckpt
+from llmzoo.hf.tokenizer import load_tokenizer
+from llmzoo.objectives import registry as objectives
+from llmzoo.objectives.examples import make_examples
+from llmzoo.train.loop import evaluate
 from llmzoo.train.step import eval_step
 
 
 def evaluate_run(run_dir: str, *, split: str | None = None, max_batches: int | None = None) -> dict:
-    """Validation loss and perplexity of a run.
+    """Validation loss, perplexity and the objective's metrics of a run.
+
+    The examples are built as in training (masked positions, corrupted spans ...), with the
+    corruption drawn from a fixed seed, so repeated evaluations agree.
 
     Returns:
-        ``{'step', 'split', 'loss', 'ppl', 'tokens'}``.
+        ``{'step', 'split', 'objective', 'loss', 'ppl', 'tokens', <metrics>}``: for masked LM
+        ``accuracy`` (of the predicted masked tokens), for span corruption and denoising ``loss``
+        is per target token.
     """
-    import functools
-    import math
-
     from llmzoo.data import build_source, make_eval_batches
-    from llmzoo.train.loop import load_any_tokenizer
 
     cfg, params, step = ckpt.load_params(run_dir)
-    tok_path = ckpt.tokenizer_path(run_dir) or cfg.data.tokenizer
-    tokenizer = load_any_tokenizer(tok_path)
+    tokenizer = load_tokenizer(ckpt.tokenizer_path(run_dir) or cfg.data.tokenizer)
+    objective = objectives.for_config(cfg)
     d = cfg.data
     split = split or d.eval_split
     src = build_source(d.dataset, split, data_dir=d.data_dir, text_key=d.text_key)
-    fn = jax.jit(functools.partial(eval_step, cfg=cfg.model))
-    total = count = 0.0
-    for batch in make_eval_batches(
+    batches = make_eval_batches(
         src,
         tokenizer,
         seq_len=cfg.seq_len,
         batch_size=cfg.batch_size,
         max_batches=max_batches or cfg.eval_batches,
-    ):
-        out = jax.device_get(fn(params, batch))
-        total += float(out["loss_sum"])
-        count += float(out["count"])
-    loss = total / max(count, 1.0)
+        example=make_examples(cfg, tokenizer),
+    )
+    fn = jax.jit(functools.partial(eval_step, objective=objective.loss, cfg=cfg.model))
+    result = evaluate(fn, params, batches, put=lambda b: b)
+    extra = {k: v for k, v in result.items() if k not in ("loss", "count")}
     return {
         "step": step,
         "split": split,
-        "loss": loss,
-        "ppl": math.exp(min(loss, 50)),
-        "tokens": int(count),
+        "objective": cfg.objective.name,
+        "loss": result["loss"],
+        "ppl": math.exp(min(result["loss"], 50)),
+        "tokens": int(result["count"]),
+        **extra,
     }

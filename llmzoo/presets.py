@@ -1,65 +1,38 @@
-"""Named presets: the source of truth for model and training configs.
+"""Named presets, the source of truth for configs, and the resolution of a run's config.
 
-Model presets are registered per family; ``get_model_preset('gpt2-small')`` returns a
-:class:`~llmzoo.config.ModelConfig`. Training presets bundle a model with data and schedule.
+Model presets are collected from the family modules in :mod:`llmzoo.models.families`
+(``get_model_preset('gpt2-small')`` returns a :class:`~llmzoo.models.decoder.DecoderConfig`).
+Training presets bundle a model with data, objective and schedule. :func:`resolve_train_config`
+applies a YAML file and ``key=value`` overrides on top, with ``model.kind`` and ``model.preset``
+selecting the model's config class.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
-from llmzoo.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
-from llmzoo.errors import ConfigError
-
-MODEL_PRESETS: dict[str, ModelConfig] = {}
-
-
-def register(name: str, cfg: ModelConfig) -> ModelConfig:
-    """Adds a model preset under ``name``."""
-    MODEL_PRESETS[name] = cfg
-    return cfg
-
-
-def tiny(cfg: ModelConfig, **changes) -> ModelConfig:
-    """The test-sized version of a family preset (V=512, D=64, L=2, N=4, K=2, F=176, T=256)."""
-    shape = dict(
-        vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=176, max_seq_len=256
-    )
-    return dataclasses.replace(cfg, **{**shape, **changes})
-
-
-# GPT-2 (Radford et al., 2019): learned positions, pre-LN, GELU-tanh MLP, tied embeddings.
-_GPT2 = ModelConfig(family="gpt2", vocab_size=50257, max_seq_len=1024)
-register(
-    "gpt2-tiny",
-    dataclasses.replace(
-        _GPT2,
-        vocab_size=512,
-        d_model=64,
-        n_layers=2,
-        n_heads=4,
-        d_ff=256,
-        max_seq_len=128,
-    ),
+from llmzoo.config import (
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    apply_overrides,
+    load_yaml,
+    merge,
+    parse_cli_overrides,
 )
-register("gpt2-small", _GPT2)  # 124M
-register(
-    "gpt2-medium",
-    dataclasses.replace(_GPT2, d_model=1024, n_layers=24, n_heads=16, d_ff=4096),
-)  # 355M
-register(
-    "gpt2-large",
-    dataclasses.replace(_GPT2, d_model=1280, n_layers=36, n_heads=20, d_ff=5120),
-)  # 774M
-register(
-    "gpt2-xl",
-    dataclasses.replace(_GPT2, d_model=1600, n_layers=48, n_heads=25, d_ff=6400),
-)  # 1.5B
+from llmzoo.errors import ConfigError
+from llmzoo.models import registry
+from llmzoo.models.decoder import DecoderConfig
+from llmzoo.models.families import gemma, gpt2, gpt_neox, llama, mistral, qwen2
+
+FAMILY_MODULES = (gpt2, llama, mistral, qwen2, gemma, gpt_neox)
+MODEL_PRESETS: dict[str, ModelConfig] = {k: v for m in FAMILY_MODULES for k, v in m.PRESETS.items()}
 
 
 def get_model_preset(name: str) -> ModelConfig:
     """Returns the model preset ``name``; the error lists the known ones."""
-    _load_family_presets()
     try:
         return MODEL_PRESETS[name]
     except KeyError:
@@ -68,20 +41,9 @@ def get_model_preset(name: str) -> ModelConfig:
         ) from None
 
 
-def _load_family_presets() -> None:
-    # Families beyond GPT-2 register their presets when their module is imported.
-    import llmzoo.models  # noqa: F401
-
-
 # Training presets. `tiny` is what `make train` runs on 2 CPU cores in a few minutes.
-_TINY_MODEL = ModelConfig(
-    family="gpt2",
-    vocab_size=2048,
-    d_model=192,
-    n_layers=4,
-    n_heads=6,
-    d_ff=768,
-    max_seq_len=256,
+_TINY_MODEL = DecoderConfig(
+    family="gpt2", vocab_size=2048, d_model=192, n_layers=4, n_heads=6, d_ff=768, max_seq_len=256
 )
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(
@@ -97,7 +59,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         ckpt_every=200,
     ),
     "small": TrainConfig(
-        model=dataclasses.replace(_GPT2, vocab_size=2048),
+        model=dataclasses.replace(gpt2.GPT2, vocab_size=2048),
         optim=OptimConfig(lr=6e-4, warmup_steps=200),
         run_dir="runs/small",
         steps=5000,
@@ -123,3 +85,64 @@ def get_train_preset(name: str) -> TrainConfig:
         raise ConfigError(
             f"unknown training preset {name!r}; known: {', '.join(sorted(TRAIN_PRESETS))}"
         ) from None
+
+
+def choose_model(current: ModelConfig, overrides: dict, name: str) -> tuple[ModelConfig, dict]:
+    """Picks the model config that the ``model`` section's other keys apply to.
+
+    ``preset: NAME`` starts from that model preset; ``kind: K`` (when it differs from the
+    current kind) starts from the defaults of kind K's config class.
+    """
+    if "preset" in overrides:
+        current = get_model_preset(overrides.pop("preset"))
+    kind = overrides.pop("kind", current.kind)
+    if not isinstance(kind, str):
+        raise ConfigError(f"config key '{name}.kind' expects str, got {kind!r}")
+    if kind != current.kind:
+        current = registry.config_class(kind)()
+    return current, overrides
+
+
+CHOOSERS = {"model": choose_model}
+
+
+def resolve_train_config(
+    config_file: str | None = None,
+    overrides: list[str] = (),
+    base: TrainConfig | None = None,
+) -> TrainConfig:
+    """Builds a TrainConfig: preset (or ``base``), then a YAML file, then CLI overrides.
+
+    A top-level ``preset: NAME`` key in the YAML or CLI picks a training preset (default
+    ``tiny``).
+    """
+    data = load_yaml(config_file) if config_file else {}
+    data = merge(data, parse_cli_overrides(list(overrides)))
+    cfg = base
+    if "preset" in data:
+        cfg = get_train_preset(data.pop("preset"))
+    if cfg is None:
+        cfg = get_train_preset("tiny")
+    return apply_overrides(cfg, data, choosers=CHOOSERS)
+
+
+def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Rebuilds a TrainConfig from :func:`llmzoo.config.to_dict` output (a run's config.yaml)."""
+    return apply_overrides(get_train_preset("tiny"), data, choosers=CHOOSERS)
+
+
+# The objective a model kind is pretrained with by default.
+DEFAULT_OBJECTIVES = {"decoder": "causal_lm", "encoder": "mlm", "seq2seq": "span_corruption"}
+
+
+def train_config_for(model: ModelConfig, base: str = "tiny") -> TrainConfig:
+    """Training preset ``base`` with ``model``, the default objective of its kind, and a
+    sequence length that fits the model."""
+    cfg = get_train_preset(base)
+    name = DEFAULT_OBJECTIVES.get(model.kind, "causal_lm")
+    return dataclasses.replace(
+        cfg,
+        model=model,
+        objective=dataclasses.replace(cfg.objective, name=name),
+        seq_len=min(cfg.seq_len, model.max_seq_len),
+    )

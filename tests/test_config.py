@@ -5,25 +5,32 @@ import dataclasses
 import pytest
 
 from llmzoo.config import (
-    ModelConfig,
+    ObjectiveConfig,
+    RopeScaling,
     TrainConfig,
     apply_overrides,
-    from_dict,
     load_yaml,
     parse_cli_overrides,
-    resolve_train_config,
     to_dict,
 )
 from llmzoo.errors import ConfigError
-from llmzoo.layers.positional import RopeScaling
-from llmzoo.presets import get_model_preset, get_train_preset
+from llmzoo.models.decoder import DecoderConfig as ModelConfig
+from llmzoo.presets import (
+    CHOOSERS,
+    get_model_preset,
+    get_train_preset,
+    resolve_train_config,
+    train_config_from_dict,
+)
+
+BASE = TrainConfig(model=ModelConfig())
 
 
 def test_unknown_key_names_it():
     with pytest.raises(ConfigError, match="'stepz'"):
-        apply_overrides(TrainConfig(), {"stepz": 3})
+        apply_overrides(BASE, {"stepz": 3})
     with pytest.raises(ConfigError, match="'model.d_modle'") as e:
-        apply_overrides(TrainConfig(), {"model": {"d_modle": 3}})
+        apply_overrides(BASE, {"model": {"d_modle": 3}})
     assert "d_model" in str(e.value)  # lists the valid keys
 
 
@@ -41,21 +48,21 @@ def test_unknown_key_names_it():
 )
 def test_wrong_type_names_key_and_type(overrides, key, type_name):
     with pytest.raises(ConfigError) as e:
-        apply_overrides(TrainConfig(), overrides)
+        apply_overrides(BASE, overrides)
     assert key in str(e.value) and type_name in str(e.value)
 
 
 def test_int_to_float_coercion_and_nested_keys():
     cfg = apply_overrides(
-        TrainConfig(),
+        BASE,
         {"optim": {"lr": 1}, "model": {"d_model": 384, "rope_theta": 500000}, "steps": 7},
     )
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
     assert isinstance(cfg.model.rope_theta, float)
     assert cfg.model.d_model == 384 and cfg.steps == 7
     # untouched fields keep their values; the input is not mutated
-    assert cfg.model.n_layers == TrainConfig().model.n_layers
-    assert TrainConfig().steps != 7
+    assert cfg.model.n_layers == BASE.model.n_layers
+    assert BASE.steps != 7
     # None for an optional field
     cfg = apply_overrides(cfg, {"model": {"sliding_window": 64}})
     assert cfg.model.sliding_window == 64
@@ -88,16 +95,16 @@ def test_rope_scaling_dict_builds_dataclass():
 
 def test_rope_scaling_bad_key_message_names_full_key():
     with pytest.raises(ConfigError, match=r"'model\.rope_scaling\.factr'"):
-        apply_overrides(TrainConfig(), {"model": {"rope_scaling": {"kind": "yarn", "factr": 2}}})
+        apply_overrides(BASE, {"model": {"rope_scaling": {"kind": "yarn", "factr": 2}}})
     with pytest.raises(ConfigError, match=r"'model\.rope_scaling\.factor' expects float"):
-        apply_overrides(TrainConfig(), {"model": {"rope_scaling": {"kind": "yarn", "factor": "x"}}})
+        apply_overrides(BASE, {"model": {"rope_scaling": {"kind": "yarn", "factor": "x"}}})
 
 
 def test_model_validation_errors():
     with pytest.raises(ConfigError, match="n_heads=5"):
         apply_overrides(ModelConfig(), {"d_model": 64, "n_heads": 5})
     with pytest.raises(ConfigError, match="n_heads=5"):
-        apply_overrides(TrainConfig(), {"model": {"d_model": 64, "n_heads": 5}})
+        apply_overrides(BASE, {"model": {"d_model": 64, "n_heads": 5}})
     # an explicit head_dim lifts the divisibility requirement
     cfg = apply_overrides(ModelConfig(), {"d_model": 64, "n_heads": 5, "head_dim": 16})
     assert cfg.dim_per_head == 16
@@ -144,28 +151,56 @@ def test_parse_cli_overrides():
     }
     with pytest.raises(ConfigError, match="'steps'"):
         parse_cli_overrides(["steps"])
-    cfg = apply_overrides(TrainConfig(), got)
+    cfg = apply_overrides(BASE, got)
     assert cfg.optim.lr == 0.001 and cfg.model.remat is True
 
 
 def test_exponent_floats_from_cli_and_yaml(tmp_path):
     # PyYAML follows YAML 1.1, where "3e-4" (no dot) is a string, not a float. Users write
     # lr=3e-4 on the command line and lr: 3e-4 in YAML files; both must reach the float field.
-    cfg = apply_overrides(TrainConfig(), parse_cli_overrides(["optim.lr=3e-4"]))
+    cfg = apply_overrides(BASE, parse_cli_overrides(["optim.lr=3e-4"]))
     assert cfg.optim.lr == pytest.approx(3e-4) and isinstance(cfg.optim.lr, float)
     path = tmp_path / "lr.yaml"
     path.write_text("optim:\n  lr: 1e-3\n  eps: 1.0e-6\n")
     cfg = resolve_train_config(str(path))
     assert cfg.optim.lr == pytest.approx(1e-3) and cfg.optim.eps == pytest.approx(1e-6)
     with pytest.raises(ConfigError, match="'optim.lr'"):
-        apply_overrides(TrainConfig(), {"optim": {"lr": "fast"}})
+        apply_overrides(BASE, {"optim": {"lr": "fast"}})
 
 
 def test_model_preset_key():
-    cfg = apply_overrides(TrainConfig(), {"model": {"preset": "gpt2-tiny", "n_layers": 3}})
+    override = {"model": {"preset": "gpt2-tiny", "n_layers": 3}}
+    cfg = apply_overrides(BASE, override, choosers=CHOOSERS)
     assert cfg.model == dataclasses.replace(get_model_preset("gpt2-tiny"), n_layers=3)
     with pytest.raises(ConfigError, match="gpt2-huge"):
-        apply_overrides(TrainConfig(), {"model": {"preset": "gpt2-huge"}})
+        apply_overrides(BASE, {"model": {"preset": "gpt2-huge"}}, choosers=CHOOSERS)
+    with pytest.raises(ConfigError, match="'model.preset'"):  # no chooser: an unknown key
+        apply_overrides(BASE, override)
+
+
+def test_model_kind_selects_the_config_class():
+    with pytest.raises(ConfigError, match=r"model.kind='transformer' is unknown; use one of"):
+        apply_overrides(BASE, {"model": {"kind": "transformer"}}, choosers=CHOOSERS)
+    # a key of another kind's config is an unknown key of this kind, named with the kind
+    with pytest.raises(ConfigError, match=r"'model.type_vocab_size'.*model.kind='decoder'"):
+        apply_overrides(BASE, {"model": {"type_vocab_size": 2}}, choosers=CHOOSERS)
+    same = apply_overrides(BASE, {"model": {"kind": "decoder", "n_layers": 3}}, choosers=CHOOSERS)
+    assert same.model == dataclasses.replace(BASE.model, n_layers=3)
+    with pytest.raises(ConfigError, match="does not match DecoderConfig"):
+        ModelConfig(kind="encoder")
+
+
+def test_objective_config_validated():
+    cfg = apply_overrides(BASE, {"objective": {"name": "mlm", "mask_prob": 0.2}})
+    assert cfg.objective == ObjectiveConfig(name="mlm", mask_prob=0.2)
+    with pytest.raises(ConfigError, match="objective.name='clm' is unknown"):
+        apply_overrides(BASE, {"objective": {"name": "clm"}})
+    with pytest.raises(ConfigError, match=r"objective.mask_prob=1.5 is out of range"):
+        apply_overrides(BASE, {"objective": {"mask_prob": 1.5}})
+    with pytest.raises(ConfigError, match=r"model.dropout=1.0 is out of range"):
+        apply_overrides(BASE, {"model": {"dropout": 1.0}})
+    with pytest.raises(ConfigError, match=r"steps=0 is out of range"):
+        apply_overrides(BASE, {"steps": 0})
 
 
 def test_resolve_yaml_then_cli(tmp_path):
@@ -196,4 +231,4 @@ def test_to_dict_from_dict_round_trip():
             }
         },
     )
-    assert from_dict(to_dict(cfg)) == cfg
+    assert train_config_from_dict(to_dict(cfg)) == cfg

@@ -140,7 +140,7 @@ def test_sharded_decoder_forward_matches_single_device(mesh222):
     assert sharded["layers"]["attn"]["wq"].sharding.spec == P(None, "fsdp", "tensor", None)
     assert sharded["layers"]["mlp"]["w_up"].sharding.spec == P(None, "fsdp", "tensor")
     assert sharded["embed"]["table"].sharding.spec == P("tensor", "fsdp")
-    apply = jax.jit(lambda p, t: decoder.apply(p, t, cfg=cfg))
+    apply = jax.jit(lambda p, t: decoder.apply(p, {"tokens": t}, cfg=cfg)["logits"])
     with jax.set_mesh(mesh222):
         toks = jax.device_put(tokens, batch_sharding(mesh222))
         out = apply(sharded, toks)

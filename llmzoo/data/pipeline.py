@@ -1,5 +1,9 @@
 """Grain pipelines that turn text documents into packed, batched language-model examples.
 
+Other objectives pack rows of their own length and turn each into their own example (an
+``example`` callable, see :mod:`llmzoo.objectives.examples`); the default, described below, is
+next-token prediction.
+
 Packing (greedy concatenate-then-split, ``grain.experimental.ConcatThenSplitIterDataset``):
 documents are tokenized, ``eos`` is appended, and the token stream is cut into rows of
 ``seq_len + 1`` tokens. A row is then split GPT-style into ``tokens = row[:-1]`` and
@@ -49,7 +53,7 @@ def _is_not_empty(example: dict[str, np.ndarray]) -> bool:
     return len(example["tokens"]) > 0
 
 
-def _to_lm_example(packed: dict[str, np.ndarray]) -> Batch:
+def lm_example(packed: dict[str, np.ndarray]) -> Batch:
     """Splits one packed row of T + 1 tokens into inputs and next-token targets, each [T]."""
     row, seg, pos = packed["tokens"], packed["tokens_segment_ids"], packed["tokens_positions"]
     same_segment = (seg[:-1] == seg[1:]) & (seg[:-1] != 0)
@@ -79,14 +83,16 @@ def _packed_rows(
     source: Sequence[str],
     tokenizer: Tokenizer,
     *,
-    seq_len: int,
+    row_len: int,
+    example,
     seed: int,
     shuffle: bool,
     num_epochs: int | None,
     add_eos: bool,
     worker_count: int,
 ) -> grain.IterDataset:
-    """The unbatched pipeline: an IterDataset of ``_to_lm_example`` rows."""
+    """The unbatched pipeline: an IterDataset of ``example(row)`` for packed rows of
+    ``row_len`` tokens (``example(row, rng)`` when ``example.random`` is true)."""
     ds = grain.MapDataset.source(source)
     if shuffle:
         ds = ds.shuffle(seed=seed)  # Reshuffled differently (but deterministically) each epoch.
@@ -98,8 +104,10 @@ def _packed_rows(
         # Before packing, so that the output does not depend on the number of workers.
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     ds = ds.filter(_is_not_empty)  # Empty documents would leave gaps in the segment ids.
-    ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": seq_len + 1})
-    return ds.map(_to_lm_example)
+    ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": row_len})
+    if getattr(example, "random", False):
+        return ds.random_map(example, seed=seed)
+    return ds.map(example)
 
 
 def make_lm_pipeline(
@@ -113,6 +121,7 @@ def make_lm_pipeline(
     num_epochs: int | None = None,
     add_eos: bool = True,
     worker_count: int = 0,
+    example=None,
 ) -> grain.DatasetIterator:
     """Returns a checkpointable iterator of packed language-model batches (see module docstring).
 
@@ -129,15 +138,19 @@ def make_lm_pipeline(
         num_epochs: passes over the source; None repeats forever.
         add_eos: append ``eos`` to every document.
         worker_count: Grain worker processes for tokenization; 0 tokenizes in this process.
+        example: turns a packed row into an example (default :func:`lm_example`); an object with
+            a ``row_len`` (the packed length) and, if ``example.random``, called as
+            ``example(row, rng)`` (e.g. :mod:`llmzoo.objectives.examples`).
 
     Returns:
-        A ``grain.DatasetIterator`` yielding dicts of ``[B, T]`` arrays.
+        A ``grain.DatasetIterator`` yielding dicts of ``[B, ...]`` arrays.
     """
     _check(source, tokenizer, seq_len, batch_size, add_eos)
     rows = _packed_rows(
         source,
         tokenizer,
-        seq_len=seq_len,
+        row_len=getattr(example, "row_len", seq_len + 1),
+        example=example or lm_example,
         seed=seed,
         shuffle=shuffle,
         num_epochs=num_epochs,
@@ -149,8 +162,8 @@ def make_lm_pipeline(
 
 def _pad_batch(batch: Batch, batch_size: int) -> Batch:
     """Pads the leading dimension of every array with zero rows up to ``batch_size``."""
-    missing = batch_size - len(batch["tokens"])
-    return {k: np.pad(v, [(0, missing), (0, 0)]) for k, v in batch.items()}
+    missing = batch_size - len(next(iter(batch.values())))
+    return {k: np.pad(v, [(0, missing)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
 
 
 def make_eval_batches(
@@ -160,6 +173,7 @@ def make_eval_batches(
     seq_len: int,
     batch_size: int,
     max_batches: int | None = None,
+    example=None,
 ) -> list[Batch]:
     """Returns one deterministic pass over ``source`` as batches of the training format.
 
@@ -172,15 +186,18 @@ def make_eval_batches(
         seq_len: T, the length of a row.
         batch_size: B, rows per batch.
         max_batches: stop after this many batches; None reads the whole source.
+        example: as in :func:`make_lm_pipeline`; random corruption is drawn from seed 0, so the
+            evaluation set is the same every time.
 
     Returns:
-        A list of dicts of ``[B, T]`` arrays.
+        A list of dicts of ``[B, ...]`` arrays.
     """
     _check(source, tokenizer, seq_len, batch_size, add_eos=True)
     rows = _packed_rows(
         source,
         tokenizer,
-        seq_len=seq_len,
+        row_len=getattr(example, "row_len", seq_len + 1),
+        example=example or lm_example,
         seed=0,
         shuffle=False,
         num_epochs=1,

@@ -86,6 +86,17 @@ class Tokenizer:
         return self._sp.eos_id()
 
     @property
+    def mask_id(self) -> int:
+        """The ``<mask>`` piece's id, or -1 (tokenizers trained here have none: masked-LM
+        training then uses the first id past the vocabulary)."""
+        tid = self._sp.PieceToId("<mask>")
+        return -1 if tid == self._sp.unk_id() else tid
+
+    def id_to_piece(self, tid: int) -> str:
+        """The piece string of id ``tid`` (``'▁'`` marks a leading space)."""
+        return self._sp.IdToPiece(int(tid))
+
+    @property
     def path(self) -> str:
         return self._path
 

@@ -1,7 +1,9 @@
-"""Autoregressive decoding: a jitted prefill over the prompt, then a jitted decode loop.
+"""Autoregressive decoding for any model kind with a cache: a jitted prefill, then a decode loop.
 
-Prompts of different lengths are left-padded; padding gets position -1 and is never attended, so
-every row decodes exactly as it would alone.
+Only the kind's protocol is used (:mod:`llmzoo.models.registry`): ``init_cache`` (for seq2seq
+models this runs the encoder over the inputs), ``apply_cached`` over the prompt, then one token at
+a time. Prompts of different lengths are left-padded; padding gets position -1 and is never
+attended, so every row decodes exactly as it would alone.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from llmzoo.config import ModelConfig
 from llmzoo.errors import GenerationError
 from llmzoo.generate.sampling import sample
-from llmzoo.models import decoder
+from llmzoo.models import registry
 
 
 @functools.partial(
@@ -23,11 +25,23 @@ from llmzoo.models import decoder
     static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens"),
 )
 def _generate(
-    params, tokens, positions, key, *, cfg, max_new_tokens, temperature, top_k, top_p, stop_tokens
+    params,
+    batch,
+    tokens,
+    positions,
+    key,
+    *,
+    cfg,
+    max_new_tokens,
+    temperature,
+    top_k,
+    top_p,
+    stop_tokens,
 ):
+    kind = registry.get(cfg.kind)
     b, p = tokens.shape
-    cache = decoder.init_cache(cfg, b, p + max_new_tokens)
-    logits, cache = decoder.apply_cached(params, tokens, cache, cfg=cfg, positions=positions)
+    cache = kind.init_cache(params, batch, cfg=cfg, max_len=p + max_new_tokens)
+    logits, cache = kind.apply_cached(params, tokens, cache, cfg=cfg, positions=positions)
     next_pos = positions[:, -1] + 1  # [B]
     stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
 
@@ -47,7 +61,7 @@ def _generate(
     def body(carry):
         i, cache, out, done, pos = carry
         last = out[:, i - 1]
-        logits, cache = decoder.apply_cached(
+        logits, cache = kind.apply_cached(
             params, last[:, None], cache, cfg=cfg, positions=pos[:, None]
         )
         tok = pick(logits[:, -1], i)
@@ -59,11 +73,41 @@ def _generate(
     return out, n
 
 
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[B, P]`` tokens and positions (-1 on padding) of left-padded rows."""
+    longest = max(len(r) for r in rows)
+    tokens = np.full((len(rows), longest), pad_id, np.int32)
+    positions = np.full((len(rows), longest), -1, np.int32)
+    for i, r in enumerate(rows):
+        tokens[i, longest - len(r) :] = r
+        positions[i, longest - len(r) :] = np.arange(len(r))
+    return tokens, positions
+
+
+def _encoder_batch(inputs: list[list[int]], cfg, pad_id: int) -> dict:
+    """Right-padded encoder inputs ``[B, S]`` with their mask."""
+    if not inputs or any(len(x) == 0 for x in inputs):
+        raise GenerationError("empty input; give at least one token per input")
+    longest = max(len(x) for x in inputs)
+    limit = cfg.position_limit
+    if limit is not None and longest > limit:
+        raise GenerationError(
+            f"input of {longest} tokens exceeds the model's {limit} positions; shorten it"
+        )
+    tokens = np.full((len(inputs), longest), pad_id, np.int32)
+    mask = np.zeros((len(inputs), longest), np.int32)
+    for i, x in enumerate(inputs):
+        tokens[i, : len(x)] = x
+        mask[i, : len(x)] = 1
+    return {"inputs": tokens, "input_mask": mask}
+
+
 def generate(
     params,
-    prompts: list[list[int]],
+    prompts: list[list[int]] | None = None,
     *,
     cfg: ModelConfig,
+    inputs: list[list[int]] | None = None,
     max_new_tokens: int,
     temperature: float = 0.0,
     top_k: int = 0,
@@ -72,12 +116,14 @@ def generate(
     seed: int = 0,
     pad_id: int = 0,
 ) -> list[list[int]]:
-    """Generates continuations for a batch of token prompts.
+    """Generates continuations for a batch of token prompts (decoder) or inputs (seq2seq).
 
     Args:
         params: model params.
-        prompts: B lists of token ids (lengths may differ; each non-empty).
-        cfg: the model config.
+        prompts: B lists of token ids (lengths may differ; each non-empty). For seq2seq models
+            the decoder prompts, by default ``[decoder_start_id]`` for every input.
+        cfg: the model config; its kind must provide ``init_cache``/``apply_cached``.
+        inputs: seq2seq models only: B lists of encoder input ids.
         max_new_tokens: the most tokens to add to each prompt.
         temperature, top_k, top_p: see :func:`llmzoo.generate.sampling.sample`; temperature 0
             is greedy.
@@ -89,10 +135,22 @@ def generate(
         B lists of new token ids (without the prompt), each cut after its first stop token.
 
     Raises:
-        GenerationError: a prompt is empty or prompt + max_new_tokens exceeds the context.
+        GenerationError: the kind cannot generate, a prompt is empty, or prompt +
+            max_new_tokens exceeds the context.
     """
+    if not registry.can_generate(cfg.kind):
+        raise GenerationError(
+            f"model.kind={cfg.kind!r} cannot generate text (it has no decoder); generate from a "
+            "decoder or seq2seq run, or use `llmzoo embed` for an encoder"
+        )
     if max_new_tokens < 1:
         raise GenerationError(f"max_new_tokens={max_new_tokens}; ask for at least 1 token")
+    batch = {}
+    if cfg.kind == "seq2seq" or inputs is not None:
+        if inputs is None:
+            raise GenerationError("a seq2seq model needs inputs to condition on; pass inputs=")
+        batch = _encoder_batch(inputs, cfg, pad_id)
+        prompts = prompts or [[cfg.decoder_start_id] for _ in inputs]
     if not prompts or any(len(p) == 0 for p in prompts):
         raise GenerationError("empty prompt; give at least one token per prompt")
     longest = max(len(p) for p in prompts)
@@ -101,14 +159,11 @@ def generate(
             f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's "
             f"context of {cfg.max_seq_len} tokens; shorten the prompt or lower max_new_tokens"
         )
-    b = len(prompts)
-    tokens = np.full((b, longest), pad_id, np.int32)
-    positions = np.full((b, longest), -1, np.int32)
-    for i, p in enumerate(prompts):
-        tokens[i, longest - len(p) :] = p
-        positions[i, longest - len(p) :] = np.arange(len(p))
+    tokens, positions = _left_pad(prompts, pad_id)
+    batch = batch or {"tokens": tokens}
     out, n = _generate(
         params,
+        jax.tree.map(jnp.asarray, batch),
         jnp.asarray(tokens),
         jnp.asarray(positions),
         jax.random.key(seed),
@@ -140,13 +195,23 @@ def generate_text(
     stop_at_eos: bool = True,
     **kwargs,
 ) -> str:
-    """Encodes ``prompt``, generates, and decodes the continuation (stopping at EOS)."""
+    """Encodes ``prompt``, generates, and decodes the continuation (stopping at EOS).
+
+    For a seq2seq model the prompt is the encoder input (with EOS appended) and the result is
+    the decoder's output.
+    """
     ids = tokenizer.encode(prompt)
+    eos = getattr(tokenizer, "eos_id", -1)
     if not ids:
         ids = [tokenizer.bos_id] if getattr(tokenizer, "bos_id", -1) >= 0 else [0]
-    stops = (tokenizer.eos_id,) if stop_at_eos and getattr(tokenizer, "eos_id", -1) >= 0 else ()
+    stops = (eos,) if stop_at_eos and eos >= 0 else ()
+    if cfg.kind == "seq2seq":
+        kwargs["inputs"] = [ids + ([eos] if eos >= 0 else [])]
+        prompts = None
+    else:
+        prompts = [ids]
     (new,) = generate(
-        params, [ids], cfg=cfg, max_new_tokens=max_new_tokens, stop_tokens=stops, **kwargs
+        params, prompts, cfg=cfg, max_new_tokens=max_new_tokens, stop_tokens=stops, **kwargs
     )
     if stops and new and new[-1] in stops:
         new = new[:-1]

@@ -6,6 +6,6 @@ as safetensors without torch; Hugging Face tensor names appear only in this pack
 
 from llmzoo.hf.checkpoint import load, load_config, save
 from llmzoo.hf.families import FAMILIES
-from llmzoo.hf.tokenizer import load_hf_tokenizer
+from llmzoo.hf.tokenizer import load_tokenizer
 
-__all__ = ["FAMILIES", "load", "load_config", "save", "load_hf_tokenizer"]
+__all__ = ["FAMILIES", "load", "load_config", "save", "load_tokenizer"]

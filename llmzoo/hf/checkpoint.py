@@ -19,7 +19,7 @@ from llmzoo.config import ModelConfig
 from llmzoo.errors import CheckpointError
 from llmzoo.hf import families
 from llmzoo.hf.safetensors_io import INDEX_FILE, SINGLE_FILE, SafetensorsDir, write_file
-from llmzoo.models import decoder
+from llmzoo.models import registry
 from llmzoo.params import flatten, unflatten
 
 DEFAULT_SHARD_BYTES = 4 * 2**30
@@ -58,7 +58,7 @@ def load(
 
     Args:
         path: the checkpoint directory.
-        dtype: params dtype (default float32, as :func:`llmzoo.models.decoder.param_specs`);
+        dtype: params dtype (default float32, as the kind's ``param_specs``);
             e.g. ``jnp.bfloat16`` keeps a bf16 checkpoint at half the memory.
         shardings: optional tree matching the params (e.g. ``sharding.param_shardings``); each leaf
             is placed directly onto its sharding.
@@ -72,7 +72,7 @@ def load(
     """
     path = os.fspath(path)
     cfg = load_config(path)
-    specs = flatten(decoder.param_specs(cfg))
+    specs = flatten(registry.get(cfg.kind).param_specs(cfg))
     by_leaf = {
         leaf: (entry, j) for entry in families.entries(cfg) for j, leaf in enumerate(entry.leaves)
     }
@@ -80,7 +80,7 @@ def load(
     used: set[str] = set()
     out = {}
     with SafetensorsDir(path) as st:
-        prefix = families.BASE_PREFIX[cfg.family]
+        prefix = families.family_map(cfg.family).base_prefix
 
         def read(name: str, shape: tuple[int, ...]) -> np.ndarray:
             stored = name
@@ -104,11 +104,14 @@ def load(
                 raise AssertionError(f"no Hugging Face tensor maps to llmzoo leaf {leaf!r}")
             entry, j = by_leaf[leaf]
             arr = np.empty(spec.shape, np.dtype(dtype or spec.dtype))
-            if "{i}" in entry.name:
-                for i in range(cfg.n_layers):
+            if "{i}" in entry.name:  # stacked layers: the leading axis of the leaf
+                for i in range(spec.shape[0]):
                     arr[i] = entry.load(read(entry.name.format(i=i), entry.shape))[j]
             else:
-                arr[...] = entry.load(read(entry.name, entry.shape))[j]
+                name = entry.name
+                if entry.fallback and name not in st and name.removeprefix(prefix) not in st:
+                    name = entry.fallback
+                arr[...] = entry.load(read(name, entry.shape))[j]
             out[leaf] = jax.device_put(arr, flat_shardings.get(leaf))
             del arr
         _check_unused(st.names, used, cfg, path)
@@ -116,11 +119,10 @@ def load(
 
 
 def _check_unused(names, used, cfg, path) -> None:
+    optional = families.IGNORED_SUFFIXES + families.family_map(cfg.family).optional
     for name in names:
-        if name in used or name.endswith(families.IGNORED_SUFFIXES):
+        if name in used or name.endswith(optional):
             continue
-        if cfg.tie_embeddings and name.endswith(("lm_head.weight", "embed_out.weight")):
-            continue  # tied copies some exporters keep
         raise CheckpointError(
             f"checkpoint {path!r} has tensor {name!r} that the {cfg.family} map does not use; "
             "config.json does not describe these weights"
@@ -156,7 +158,7 @@ def save(
     path = os.fspath(path)
     hf_cfg = families.config_to_hf(cfg)
     flat = flatten(params)
-    specs = flatten(decoder.param_specs(cfg))
+    specs = flatten(registry.get(cfg.kind).param_specs(cfg))
     for leaf, spec in specs.items():
         got = getattr(flat.get(leaf), "shape", None)
         if got != spec.shape:
@@ -177,7 +179,8 @@ def save(
     tensors = []
     for entry in families.entries(cfg):
         out_dtype = np.dtype(dtype or flat[entry.leaves[0]].dtype)
-        layers = range(cfg.n_layers) if "{i}" in entry.name else [None]
+        n_layers = specs[entry.leaves[0]].shape[0]
+        layers = range(n_layers) if "{i}" in entry.name else [None]
         for i in layers:
 
             def produce(entry=entry, i=i):
@@ -205,7 +208,7 @@ def save(
         with open(os.path.join(path, INDEX_FILE), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     host.clear()
-    float_dtype = np.dtype(dtype or flat["embed/table"].dtype)
+    float_dtype = np.dtype(dtype or next(iter(flat.values())).dtype)
     hf_cfg["dtype"] = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}.get(
         float_dtype.name, "float32"
     )

@@ -1,7 +1,7 @@
 """``llmzoo convert``: Hugging Face checkpoint directory <-> llmzoo run directory.
 
 A converted run directory is what ``llmzoo train`` writes, with a params-only checkpoint at step 0
-(see :mod:`llmzoo.train.checkpoint`), so ``llmzoo generate --run`` and ``init_from=`` work on it.
+(see :mod:`llmzoo.run_dir`), so ``llmzoo generate --run`` and ``init_from=`` work on it.
 """
 
 from __future__ import annotations
@@ -10,24 +10,23 @@ import dataclasses
 import os
 
 from llmzoo.hf import checkpoint as hf_checkpoint
-from llmzoo.hf.tokenizer import find_tokenizer_file, load_hf_tokenizer
+from llmzoo.hf.tokenizer import find_tokenizer_file, load_tokenizer
+from llmzoo.presets import train_config_for
+from llmzoo.run_dir import read_run, write_run
 
 
 def convert_from_hf(hf_dir: str, run_dir: str) -> str:
     """Converts a Hugging Face checkpoint directory into an llmzoo run directory.
 
     The run's ``config.yaml`` is the ``tiny`` training preset with the checkpoint's model config
-    (``run_dir`` set; ``data.tokenizer`` is the copied tokenizer when the checkpoint has one).
+    and its kind's default objective (``run_dir`` set; ``data.tokenizer`` is the copied tokenizer
+    when the checkpoint has one).
 
     Returns:
         ``run_dir``.
     """
-    from llmzoo.presets import get_train_preset
-    from llmzoo.train.checkpoint import write_run
-
     model_cfg, params = hf_checkpoint.load(hf_dir)
-    base = get_train_preset("tiny")
-    seq_len = min(base.seq_len, model_cfg.max_seq_len)
+    base = train_config_for(model_cfg)
     data = base.data
     tok_src = find_tokenizer_file(hf_dir) if os.path.isdir(hf_dir) else None
     if tok_src is not None:
@@ -38,9 +37,7 @@ def convert_from_hf(hf_dir: str, run_dir: str) -> str:
             train_tokenizer=False,
             vocab_size=model_cfg.vocab_size,
         )
-    train_cfg = dataclasses.replace(
-        base, model=model_cfg, data=data, run_dir=run_dir, seq_len=seq_len, init_from=None
-    )
+    train_cfg = dataclasses.replace(base, data=data, run_dir=run_dir, init_from=None)
     write_run(run_dir, train_cfg, params, tokenizer_src=tok_src)
     if tok_src is not None:
         _copy_tokenizer_metadata(hf_dir, run_dir)
@@ -68,12 +65,10 @@ def convert_to_hf(run_dir: str, hf_dir: str, *, dtype=None) -> str:
     """
     import shutil
 
-    from llmzoo.train.checkpoint import read_run
-
     train_cfg, params, tok_path = read_run(run_dir)
     extra = {}
     if tok_path is not None:
-        tok = load_hf_tokenizer(tok_path)
+        tok = load_tokenizer(tok_path)
         for kind in ("bos", "eos", "pad"):
             tid = getattr(tok, f"{kind}_id")
             extra[f"{kind}_token_id"] = tid if tid is not None and tid >= 0 else None

@@ -14,56 +14,108 @@ q, k, v side by side; GPT-NeoX fuses them per head (``[N, 3, H]`` rows).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from llmzoo.config import ModelConfig
 from llmzoo.errors import CheckpointError, ConfigError
 from llmzoo.hf.hf_common import Entry
 from llmzoo.hf.hf_gpt import (
-    _gpt2_entries,
-    _gpt2_from_hf,
-    _gpt2_to_hf,
-    _gpt_neox_entries,
-    _gpt_neox_from_hf,
-    _gpt_neox_to_hf,
+    gpt2_entries,
+    gpt2_from_hf,
+    gpt2_to_hf,
+    gpt_neox_entries,
+    gpt_neox_from_hf,
+    gpt_neox_to_hf,
 )
-from llmzoo.hf.hf_llama import _llama_like_entries, _llama_like_from_hf, _llama_like_to_hf
+from llmzoo.hf.hf_llama import (
+    LLAMA_LIKE,
+    llama_like_entries,
+    llama_like_from_hf,
+    llama_like_to_hf,
+)
+from llmzoo.models.decoder import DecoderConfig
 
 # ---------------------------------------------------------------------------------------------
-# Dispatch
+# Dispatch: one FamilyMap per Hugging Face ``model_type``.
 
-FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "gpt_neox")
-# The base-model prefix that checkpoints saved from a bare base model (e.g. GPT2Model) omit.
-BASE_PREFIX = {
-    "gpt2": "transformer.",
-    "llama": "model.",
-    "mistral": "model.",
-    "qwen2": "model.",
-    "gemma": "model.",
-    "gpt_neox": "gpt_neox.",
+
+@dataclasses.dataclass(frozen=True)
+class FamilyMap:
+    """How one Hugging Face ``model_type`` maps onto an llmzoo kind's config and params.
+
+    Attributes:
+        from_hf: ``config.json`` dict -> llmzoo model config.
+        to_hf: llmzoo model config -> ``config.json`` dict.
+        entries: llmzoo model config -> one :class:`Entry` per Hugging Face tensor.
+        base_prefix: the prefix that checkpoints saved from the bare base model omit.
+        canonical: normalises a config so that equivalent configs compare equal (the export
+            check compares ``canonical(cfg)`` with ``canonical(from_hf(to_hf(cfg)))``).
+        optional: suffixes of tensors a checkpoint may hold without the map using them (tied
+            copies of the embeddings, buffers).
+    """
+
+    from_hf: Callable[[dict], ModelConfig]
+    to_hf: Callable[[ModelConfig], dict]
+    entries: Callable[[ModelConfig], list[Entry]]
+    base_prefix: str
+    canonical: Callable[[ModelConfig], ModelConfig] = lambda cfg: cfg
+    optional: tuple[str, ...] = ()
+
+
+def _canonical_decoder(cfg: DecoderConfig) -> DecoderConfig:
+    return dataclasses.replace(
+        cfg,
+        n_kv_heads=cfg.kv_heads,
+        head_dim=cfg.dim_per_head,
+        rope_theta=cfg.rope_theta if cfg.position == "rope" else 0.0,
+        rope_fraction=cfg.rope_fraction if cfg.position == "rope" else 1.0,
+        rope_scaling=cfg.rope_scaling if cfg.position == "rope" else None,
+        norm_bias=cfg.norm_bias if cfg.norm == "layernorm" else False,
+    )
+
+
+def _decoder_family(from_hf, to_hf, entries, prefix: str, tied: str) -> FamilyMap:
+    return FamilyMap(from_hf, to_hf, entries, prefix, _canonical_decoder, (tied,))
+
+
+FAMILIES: dict[str, FamilyMap] = {
+    "gpt2": _decoder_family(
+        gpt2_from_hf, gpt2_to_hf, gpt2_entries, "transformer.", "lm_head.weight"
+    ),
+    "gpt_neox": _decoder_family(
+        gpt_neox_from_hf, gpt_neox_to_hf, gpt_neox_entries, "gpt_neox.", "embed_out.weight"
+    ),
+    **{
+        f: _decoder_family(
+            llama_like_from_hf, llama_like_to_hf, llama_like_entries, "model.", "lm_head.weight"
+        )
+        for f in LLAMA_LIKE
+    },
 }
+# Hugging Face model_type -> llmzoo family, where they are spelled differently.
+MODEL_TYPE_ALIASES = {"deberta-v2": "deberta_v2"}
 # Buffers some checkpoints store that carry no weights.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "attention.bias", "attention.masked_bias")
 IGNORED_SUFFIXES += ("rotary_emb.inv_freq",)
 
 
-def _check_family(model_type) -> None:
+def family_map(model_type) -> FamilyMap:
+    """The map of ``model_type``; the error lists the supported ones."""
+    model_type = MODEL_TYPE_ALIASES.get(model_type, model_type)
     if model_type not in FAMILIES:
         raise CheckpointError(
             f"model_type {model_type!r} in config.json is not supported; "
             f"llmzoo converts {', '.join(FAMILIES)}"
         )
+    return FAMILIES[model_type]
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
     """Builds the llmzoo config of a Hugging Face ``config.json`` dict."""
     model_type = hf.get("model_type")
-    _check_family(model_type)
+    fam = family_map(model_type)
     try:
-        if model_type == "gpt2":
-            return _gpt2_from_hf(hf)
-        if model_type == "gpt_neox":
-            return _gpt_neox_from_hf(hf)
-        return _llama_like_from_hf(hf)
+        return fam.from_hf(hf)
     except KeyError as e:
         raise CheckpointError(
             f"{model_type} config.json lacks key {e.args[0]!r}; re-save it with transformers"
@@ -74,19 +126,6 @@ def config_from_hf(hf: dict) -> ModelConfig:
 _TRAINING_ONLY = ("dropout", "init_std", "dtype", "remat")
 
 
-def _canonical(cfg: ModelConfig) -> ModelConfig:
-    return dataclasses.replace(
-        cfg,
-        n_kv_heads=cfg.kv_heads,
-        head_dim=cfg.dim_per_head,
-        rope_theta=cfg.rope_theta if cfg.position == "rope" else 0.0,
-        rope_fraction=cfg.rope_fraction if cfg.position == "rope" else 1.0,
-        rope_scaling=cfg.rope_scaling if cfg.position == "rope" else None,
-        norm_bias=cfg.norm_bias if cfg.norm == "layernorm" else False,
-        **{k: getattr(ModelConfig(), k) for k in _TRAINING_ONLY},
-    )
-
-
 def config_to_hf(cfg: ModelConfig) -> dict:
     """The Hugging Face ``config.json`` dict of an llmzoo config.
 
@@ -95,18 +134,20 @@ def config_to_hf(cfg: ModelConfig) -> dict:
             sliding window on Llama); the message names the field.
     """
     try:
-        _check_family(cfg.family)
+        fam = family_map(cfg.family)
     except CheckpointError as e:
         raise ConfigError(str(e).replace("in config.json ", "")) from None
-    if cfg.family == "gpt2":
-        hf = _gpt2_to_hf(cfg)
-    elif cfg.family == "gpt_neox":
-        hf = _gpt_neox_to_hf(cfg)
-    else:
-        hf = _llama_like_to_hf(cfg)
-    back = _canonical(config_from_hf(hf))
-    want = _canonical(cfg)
-    for field in dataclasses.fields(ModelConfig):
+    hf = fam.to_hf(cfg)
+    back = config_from_hf(hf)
+    if type(back) is not type(cfg):
+        raise ConfigError(
+            f"a {cfg.family} checkpoint loads as kind {back.kind!r}, not {cfg.kind!r}; "
+            "pick a family of this kind"
+        )
+    reset = {k: getattr(type(cfg)(), k) for k in _TRAINING_ONLY}
+    want = fam.canonical(dataclasses.replace(cfg, **reset))
+    back = fam.canonical(dataclasses.replace(back, **reset))
+    for field in dataclasses.fields(want):
         a, b = getattr(want, field.name), getattr(back, field.name)
         if a != b:
             raise ConfigError(
@@ -118,8 +159,4 @@ def config_to_hf(cfg: ModelConfig) -> dict:
 
 def entries(cfg: ModelConfig) -> list[Entry]:
     """The tensor map of ``cfg``'s family."""
-    if cfg.family == "gpt2":
-        return _gpt2_entries(cfg)
-    if cfg.family == "gpt_neox":
-        return _gpt_neox_entries(cfg)
-    return _llama_like_entries(cfg)
+    return family_map(cfg.family).entries(cfg)

@@ -2,7 +2,7 @@
 
 Hugging Face names live here and nowhere else in llmzoo. Each family gives
 
-* ``config_from_hf(hf: dict) -> ModelConfig`` and ``config_to_hf(cfg) -> dict`` (``config.json``);
+* ``config_from_hf(hf: dict) -> DecoderConfig`` and ``config_to_hf(cfg) -> dict`` (``config.json``);
 * ``entries(cfg) -> list[Entry]``: one :class:`Entry` per Hugging Face tensor, naming the llmzoo
   leaves it holds, its shape, and the two layout transforms.
 
@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from llmzoo.config import ModelConfig
+from llmzoo.config import RopeScaling
 from llmzoo.errors import CheckpointError, ConfigError
-from llmzoo.layers.positional import RopeScaling
+from llmzoo.models.decoder import DecoderConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +34,8 @@ class Entry:
         shape: the Hugging Face shape (of one layer).
         load: ``hf_array -> tuple of llmzoo arrays`` (one per leaf, one layer's slice).
         save: ``*llmzoo_arrays -> hf_array``.
+        fallback: a tensor of the same layout that loading reads when ``name`` is absent (a
+            tied copy a checkpoint may leave out, e.g. T5's ``lm_head.weight``).
     """
 
     name: str
@@ -41,6 +43,7 @@ class Entry:
     shape: tuple[int, ...]
     load: Callable[[np.ndarray], tuple[np.ndarray, ...]]
     save: Callable[..., np.ndarray]
+    fallback: str | None = None
 
 
 def transpose(w: np.ndarray, rows: int = 32) -> np.ndarray:
@@ -52,14 +55,14 @@ def transpose(w: np.ndarray, rows: int = 32) -> np.ndarray:
     return out
 
 
-def _reshape(name, leaf, hf_shape, shape) -> Entry:
+def reshape(name, leaf, hf_shape, shape) -> Entry:
     """Same data, different shape (norms, biases, embeddings)."""
     return Entry(
         name, (leaf,), tuple(hf_shape), lambda w: (w.reshape(shape),), lambda x: x.reshape(hf_shape)
     )
 
 
-def _linear_in(name, leaf, d_in, out_shape) -> Entry:
+def linear_in(name, leaf, d_in, out_shape) -> Entry:
     """``nn.Linear`` weight ``[prod(out), in]`` <-> llmzoo ``[in, *out]``."""
     n_out = int(np.prod(out_shape))
     return Entry(
@@ -71,7 +74,7 @@ def _linear_in(name, leaf, d_in, out_shape) -> Entry:
     )
 
 
-def _linear_out(name, leaf, in_shape, d_out) -> Entry:
+def linear_out(name, leaf, in_shape, d_out) -> Entry:
     """``nn.Linear`` weight ``[out, prod(in)]`` <-> llmzoo ``[*in, out]``."""
     n_in = int(np.prod(in_shape))
     return Entry(
@@ -87,7 +90,7 @@ def _linear_out(name, leaf, in_shape, d_out) -> Entry:
 # RoPE and activations
 
 
-def _rope_from_hf(hf: dict) -> tuple[float, RopeScaling | None, dict]:
+def rope_from_hf(hf: dict) -> tuple[float, RopeScaling | None, dict]:
     """Reads ``rope_parameters`` (transformers 5) or ``rope_theta``/``rope_scaling`` (4.x).
 
     Returns ``(theta, scaling, parameters)``.
@@ -135,7 +138,7 @@ def _rope_from_hf(hf: dict) -> tuple[float, RopeScaling | None, dict]:
     )
 
 
-def _rope_to_hf(cfg: ModelConfig) -> dict:
+def rope_to_hf(cfg: DecoderConfig) -> dict:
     out = {"rope_type": "default", "rope_theta": float(cfg.rope_theta)}
     s = cfg.rope_scaling
     if s is None:
@@ -172,18 +175,23 @@ def _rope_to_hf(cfg: ModelConfig) -> dict:
 
 
 # Hugging Face activation name -> llmzoo MLP kind, for plain and gated MLPs.
-_PLAIN = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
-_GATED = {
+PLAIN_ACTS = {
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu": "gelu",
+    "relu": "relu",
+}
+GATED_ACTS = {
     "silu": "swiglu",
     "gelu_pytorch_tanh": "geglu",
     "gelu_new": "geglu",
     "gelu": "geglu_exact",
 }
-_PLAIN_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
-_GATED_TO_HF = {"swiglu": "silu", "geglu": "gelu_pytorch_tanh", "geglu_exact": "gelu"}
+PLAIN_ACTS_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+GATED_ACTS_TO_HF = {"swiglu": "silu", "geglu": "gelu_pytorch_tanh", "geglu_exact": "gelu"}
 
 
-def _act(table: dict, name: str, model_type: str) -> str:
+def act_from_hf(table: dict, name: str, model_type: str) -> str:
     if name not in table:
         raise CheckpointError(
             f"{model_type} activation {name!r} in config.json is not supported; "
@@ -192,7 +200,7 @@ def _act(table: dict, name: str, model_type: str) -> str:
     return table[name]
 
 
-def _act_to_hf(table: dict, kind: str, family: str) -> str:
+def act_to_hf(table: dict, kind: str, family: str) -> str:
     if kind not in table:
         raise ConfigError(
             f"model.mlp={kind!r} has no Hugging Face {family} equivalent; use one of "
@@ -202,7 +210,7 @@ def _act_to_hf(table: dict, kind: str, family: str) -> str:
 
 
 # Hugging Face architecture class per family.
-_ARCH = {
+ARCHITECTURES = {
     "gpt2": "GPT2LMHeadModel",
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",

@@ -4,35 +4,35 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmzoo.config import ModelConfig
 from llmzoo.errors import CheckpointError
 from llmzoo.hf.hf_common import (
-    _ARCH,
-    _PLAIN,
-    _PLAIN_TO_HF,
+    ARCHITECTURES,
+    PLAIN_ACTS,
+    PLAIN_ACTS_TO_HF,
     Entry,
-    _act,
-    _act_to_hf,
-    _linear_in,
-    _linear_out,
-    _reshape,
-    _rope_from_hf,
-    _rope_to_hf,
+    act_from_hf,
+    act_to_hf,
+    linear_in,
+    linear_out,
+    reshape,
+    rope_from_hf,
+    rope_to_hf,
     transpose,
 )
+from llmzoo.models.decoder import DecoderConfig
 
 # ---------------------------------------------------------------------------------------------
 # GPT-2: learned positions, LayerNorm, Conv1D ([in, out]) weights with q, k, v fused side by side.
 
 
-def _gpt2_from_hf(hf: dict) -> ModelConfig:
+def gpt2_from_hf(hf: dict) -> DecoderConfig:
     if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("add_cross_attention"):
         raise CheckpointError(
             "gpt2 config.json sets scale_attn_by_inverse_layer_idx or add_cross_attention, which "
             "llmzoo does not implement; use a plain GPT-2 checkpoint"
         )
     d = hf["n_embd"]
-    return ModelConfig(
+    return DecoderConfig(
         family="gpt2",
         vocab_size=hf["vocab_size"],
         d_model=d,
@@ -43,7 +43,7 @@ def _gpt2_from_hf(hf: dict) -> ModelConfig:
         position="learned",
         norm="layernorm",
         norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
-        mlp=_act(_PLAIN, hf.get("activation_function", "gelu_new"), "gpt2"),
+        mlp=act_from_hf(PLAIN_ACTS, hf.get("activation_function", "gelu_new"), "gpt2"),
         attn_scale=None if hf.get("scale_attn_weights", True) else 1.0,
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
         dropout=0.0,
@@ -51,10 +51,10 @@ def _gpt2_from_hf(hf: dict) -> ModelConfig:
     )
 
 
-def _gpt2_to_hf(cfg: ModelConfig) -> dict:
+def gpt2_to_hf(cfg: DecoderConfig) -> dict:
     return {
         "model_type": "gpt2",
-        "architectures": [_ARCH["gpt2"]],
+        "architectures": [ARCHITECTURES["gpt2"]],
         "vocab_size": cfg.vocab_size,
         "n_embd": cfg.d_model,
         "n_layer": cfg.n_layers,
@@ -62,7 +62,7 @@ def _gpt2_to_hf(cfg: ModelConfig) -> dict:
         "n_inner": cfg.d_ff,
         "n_positions": cfg.max_seq_len,
         "layer_norm_epsilon": cfg.norm_eps,
-        "activation_function": _act_to_hf(_PLAIN_TO_HF, cfg.mlp, "gpt2"),
+        "activation_function": act_to_hf(PLAIN_ACTS_TO_HF, cfg.mlp, "gpt2"),
         "scale_attn_weights": cfg.attn_scale is None,
         "tie_word_embeddings": cfg.tie_embeddings,
         "initializer_range": cfg.init_std,
@@ -72,7 +72,7 @@ def _gpt2_to_hf(cfg: ModelConfig) -> dict:
     }
 
 
-def _gpt2_entries(cfg: ModelConfig) -> list[Entry]:
+def gpt2_entries(cfg: DecoderConfig) -> list[Entry]:
     d, n, h, f = cfg.d_model, cfg.n_heads, cfg.dim_per_head, cfg.d_ff
     p = "transformer.h.{i}."
 
@@ -83,10 +83,10 @@ def _gpt2_entries(cfg: ModelConfig) -> list[Entry]:
         return tuple(x.reshape(n, h) for x in np.split(b, 3))
 
     out = [
-        _reshape("transformer.wte.weight", "embed/table", (cfg.vocab_size, d), (-1, d)),
-        _reshape("transformer.wpe.weight", "pos_embed/table", (cfg.max_seq_len, d), (-1, d)),
-        _reshape(p + "ln_1.weight", "layers/attn_norm/scale", (d,), (d,)),
-        _reshape(p + "ln_1.bias", "layers/attn_norm/bias", (d,), (d,)),
+        reshape("transformer.wte.weight", "embed/table", (cfg.vocab_size, d), (-1, d)),
+        reshape("transformer.wpe.weight", "pos_embed/table", (cfg.max_seq_len, d), (-1, d)),
+        reshape(p + "ln_1.weight", "layers/attn_norm/scale", (d,), (d,)),
+        reshape(p + "ln_1.bias", "layers/attn_norm/bias", (d,), (d,)),
         Entry(
             p + "attn.c_attn.weight",
             ("layers/attn/wq", "layers/attn/wk", "layers/attn/wv"),
@@ -101,19 +101,19 @@ def _gpt2_entries(cfg: ModelConfig) -> list[Entry]:
             split_b,
             lambda q, k, v: np.concatenate([x.reshape(-1) for x in (q, k, v)]),
         ),
-        _reshape(p + "attn.c_proj.weight", "layers/attn/wo", (n * h, d), (n, h, d)),
-        _reshape(p + "attn.c_proj.bias", "layers/attn/bo", (d,), (d,)),
-        _reshape(p + "ln_2.weight", "layers/mlp_norm/scale", (d,), (d,)),
-        _reshape(p + "ln_2.bias", "layers/mlp_norm/bias", (d,), (d,)),
-        _reshape(p + "mlp.c_fc.weight", "layers/mlp/w_up", (d, f), (d, f)),
-        _reshape(p + "mlp.c_fc.bias", "layers/mlp/b_up", (f,), (f,)),
-        _reshape(p + "mlp.c_proj.weight", "layers/mlp/w_down", (f, d), (f, d)),
-        _reshape(p + "mlp.c_proj.bias", "layers/mlp/b_down", (d,), (d,)),
-        _reshape("transformer.ln_f.weight", "final_norm/scale", (d,), (d,)),
-        _reshape("transformer.ln_f.bias", "final_norm/bias", (d,), (d,)),
+        reshape(p + "attn.c_proj.weight", "layers/attn/wo", (n * h, d), (n, h, d)),
+        reshape(p + "attn.c_proj.bias", "layers/attn/bo", (d,), (d,)),
+        reshape(p + "ln_2.weight", "layers/mlp_norm/scale", (d,), (d,)),
+        reshape(p + "ln_2.bias", "layers/mlp_norm/bias", (d,), (d,)),
+        reshape(p + "mlp.c_fc.weight", "layers/mlp/w_up", (d, f), (d, f)),
+        reshape(p + "mlp.c_fc.bias", "layers/mlp/b_up", (f,), (f,)),
+        reshape(p + "mlp.c_proj.weight", "layers/mlp/w_down", (f, d), (f, d)),
+        reshape(p + "mlp.c_proj.bias", "layers/mlp/b_down", (d,), (d,)),
+        reshape("transformer.ln_f.weight", "final_norm/scale", (d,), (d,)),
+        reshape("transformer.ln_f.bias", "final_norm/bias", (d,), (d,)),
     ]
     if not cfg.tie_embeddings:
-        out.append(_linear_in("lm_head.weight", "lm_head/w", d, (cfg.vocab_size,)))
+        out.append(linear_in("lm_head.weight", "lm_head/w", d, (cfg.vocab_size,)))
     return out
 
 
@@ -121,13 +121,13 @@ def _gpt2_entries(cfg: ModelConfig) -> list[Entry]:
 # GPT-NeoX (Pythia): LayerNorm, partial rotary, parallel residual, q/k/v fused per head.
 
 
-def _gpt_neox_from_hf(hf: dict) -> ModelConfig:
-    theta, scaling, params = _rope_from_hf(hf)
+def gpt_neox_from_hf(hf: dict) -> DecoderConfig:
+    theta, scaling, params = rope_from_hf(hf)
     if "rotary_emb_base" in hf and "rope_theta" not in params:
         theta = float(hf["rotary_emb_base"])
     fraction = params.get("partial_rotary_factor", hf.get("rotary_pct", 0.25))
     bias = bool(hf.get("attention_bias", True))
-    return ModelConfig(
+    return DecoderConfig(
         family="gpt_neox",
         vocab_size=hf["vocab_size"],
         d_model=hf["hidden_size"],
@@ -141,7 +141,7 @@ def _gpt_neox_from_hf(hf: dict) -> ModelConfig:
         rope_scaling=scaling,
         norm="layernorm",
         norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
-        mlp=_act(_PLAIN, hf.get("hidden_act", "gelu"), "gpt_neox"),
+        mlp=act_from_hf(PLAIN_ACTS, hf.get("hidden_act", "gelu"), "gpt_neox"),
         mlp_bias=True,
         qkv_bias=bias,
         out_bias=bias,
@@ -152,19 +152,19 @@ def _gpt_neox_from_hf(hf: dict) -> ModelConfig:
     )
 
 
-def _gpt_neox_to_hf(cfg: ModelConfig) -> dict:
+def gpt_neox_to_hf(cfg: DecoderConfig) -> dict:
     return {
         "model_type": "gpt_neox",
-        "architectures": [_ARCH["gpt_neox"]],
+        "architectures": [ARCHITECTURES["gpt_neox"]],
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.d_model,
         "num_hidden_layers": cfg.n_layers,
         "num_attention_heads": cfg.n_heads,
         "intermediate_size": cfg.d_ff,
         "max_position_embeddings": cfg.max_seq_len,
-        "rope_parameters": {**_rope_to_hf(cfg), "partial_rotary_factor": cfg.rope_fraction},
+        "rope_parameters": {**rope_to_hf(cfg), "partial_rotary_factor": cfg.rope_fraction},
         "layer_norm_eps": cfg.norm_eps,
-        "hidden_act": _act_to_hf(_PLAIN_TO_HF, cfg.mlp, "gpt_neox"),
+        "hidden_act": act_to_hf(PLAIN_ACTS_TO_HF, cfg.mlp, "gpt_neox"),
         "attention_bias": cfg.qkv_bias,
         "use_parallel_residual": cfg.parallel_residual,
         "tie_word_embeddings": cfg.tie_embeddings,
@@ -174,7 +174,7 @@ def _gpt_neox_to_hf(cfg: ModelConfig) -> dict:
     }
 
 
-def _gpt_neox_entries(cfg: ModelConfig) -> list[Entry]:
+def gpt_neox_entries(cfg: DecoderConfig) -> list[Entry]:
     d, n, h, f = cfg.d_model, cfg.n_heads, cfg.dim_per_head, cfg.d_ff
     p = "gpt_neox.layers.{i}."
 
@@ -187,9 +187,9 @@ def _gpt_neox_entries(cfg: ModelConfig) -> list[Entry]:
         return tuple(b[:, j] for j in range(3))
 
     out = [
-        _reshape("gpt_neox.embed_in.weight", "embed/table", (cfg.vocab_size, d), (-1, d)),
-        _reshape(p + "input_layernorm.weight", "layers/attn_norm/scale", (d,), (d,)),
-        _reshape(p + "input_layernorm.bias", "layers/attn_norm/bias", (d,), (d,)),
+        reshape("gpt_neox.embed_in.weight", "embed/table", (cfg.vocab_size, d), (-1, d)),
+        reshape(p + "input_layernorm.weight", "layers/attn_norm/scale", (d,), (d,)),
+        reshape(p + "input_layernorm.bias", "layers/attn_norm/bias", (d,), (d,)),
         Entry(
             p + "attention.query_key_value.weight",
             ("layers/attn/wq", "layers/attn/wk", "layers/attn/wv"),
@@ -199,15 +199,15 @@ def _gpt_neox_entries(cfg: ModelConfig) -> list[Entry]:
                 [transpose(x.reshape(d, n * h)).reshape(n, h, d) for x in (q, k, v)], 1
             ).reshape(-1, d),
         ),
-        _linear_out(p + "attention.dense.weight", "layers/attn/wo", (n, h), d),
-        _reshape(p + "post_attention_layernorm.weight", "layers/mlp_norm/scale", (d,), (d,)),
-        _reshape(p + "post_attention_layernorm.bias", "layers/mlp_norm/bias", (d,), (d,)),
-        _linear_in(p + "mlp.dense_h_to_4h.weight", "layers/mlp/w_up", d, (f,)),
-        _reshape(p + "mlp.dense_h_to_4h.bias", "layers/mlp/b_up", (f,), (f,)),
-        _linear_out(p + "mlp.dense_4h_to_h.weight", "layers/mlp/w_down", (f,), d),
-        _reshape(p + "mlp.dense_4h_to_h.bias", "layers/mlp/b_down", (d,), (d,)),
-        _reshape("gpt_neox.final_layer_norm.weight", "final_norm/scale", (d,), (d,)),
-        _reshape("gpt_neox.final_layer_norm.bias", "final_norm/bias", (d,), (d,)),
+        linear_out(p + "attention.dense.weight", "layers/attn/wo", (n, h), d),
+        reshape(p + "post_attention_layernorm.weight", "layers/mlp_norm/scale", (d,), (d,)),
+        reshape(p + "post_attention_layernorm.bias", "layers/mlp_norm/bias", (d,), (d,)),
+        linear_in(p + "mlp.dense_h_to_4h.weight", "layers/mlp/w_up", d, (f,)),
+        reshape(p + "mlp.dense_h_to_4h.bias", "layers/mlp/b_up", (f,), (f,)),
+        linear_out(p + "mlp.dense_4h_to_h.weight", "layers/mlp/w_down", (f,), d),
+        reshape(p + "mlp.dense_4h_to_h.bias", "layers/mlp/b_down", (d,), (d,)),
+        reshape("gpt_neox.final_layer_norm.weight", "final_norm/scale", (d,), (d,)),
+        reshape("gpt_neox.final_layer_norm.bias", "final_norm/bias", (d,), (d,)),
     ]
     if cfg.qkv_bias:
         out.append(
@@ -220,7 +220,7 @@ def _gpt_neox_entries(cfg: ModelConfig) -> list[Entry]:
             )
         )
     if cfg.out_bias:
-        out.append(_reshape(p + "attention.dense.bias", "layers/attn/bo", (d,), (d,)))
+        out.append(reshape(p + "attention.dense.bias", "layers/attn/bo", (d,), (d,)))
     if not cfg.tie_embeddings:
-        out.append(_linear_in("embed_out.weight", "lm_head/w", d, (cfg.vocab_size,)))
+        out.append(linear_in("embed_out.weight", "lm_head/w", d, (cfg.vocab_size,)))
     return out

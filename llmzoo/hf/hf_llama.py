@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from llmzoo.config import ModelConfig
 from llmzoo.errors import CheckpointError
 from llmzoo.hf.hf_common import (
-    _ARCH,
-    _GATED,
-    _GATED_TO_HF,
+    ARCHITECTURES,
+    GATED_ACTS,
+    GATED_ACTS_TO_HF,
     Entry,
-    _act,
-    _act_to_hf,
-    _linear_in,
-    _linear_out,
-    _reshape,
-    _rope_from_hf,
-    _rope_to_hf,
+    act_from_hf,
+    act_to_hf,
+    linear_in,
+    linear_out,
+    reshape,
+    rope_from_hf,
+    rope_to_hf,
 )
+from llmzoo.models.decoder import DecoderConfig
 
 # ---------------------------------------------------------------------------------------------
 # Llama, Mistral, Qwen2, Gemma: RMSNorm, RoPE, gated MLP, separate q/k/v/o projections.
@@ -49,10 +49,10 @@ def _qwen2_window(hf: dict) -> int | None:
     )
 
 
-def _llama_like_from_hf(hf: dict) -> ModelConfig:
+def llama_like_from_hf(hf: dict) -> DecoderConfig:
     family = hf["model_type"]
     d, n = hf["hidden_size"], hf["num_attention_heads"]
-    theta, scaling, _ = _rope_from_hf(hf)
+    theta, scaling, _ = rope_from_hf(hf)
     attention_bias = bool(hf.get("attention_bias", False))
     act = hf.get("hidden_activation") or hf.get("hidden_act", "silu")
     if family == "gemma" and act == "gelu":  # transformers maps Gemma's legacy "gelu" to tanh
@@ -62,7 +62,7 @@ def _llama_like_from_hf(hf: dict) -> ModelConfig:
         window = hf.get("sliding_window")
     elif family == "qwen2":
         window = _qwen2_window(hf)
-    return ModelConfig(
+    return DecoderConfig(
         family=family,
         vocab_size=hf["vocab_size"],
         d_model=d,
@@ -79,7 +79,7 @@ def _llama_like_from_hf(hf: dict) -> ModelConfig:
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         norm_bias=False,
         norm_zero_centered=family == "gemma",
-        mlp=_act(_GATED, act, family),
+        mlp=act_from_hf(GATED_ACTS, act, family),
         mlp_bias=bool(hf.get("mlp_bias", False)),
         qkv_bias=True if family == "qwen2" else attention_bias,
         out_bias=False if family == "qwen2" else attention_bias,
@@ -91,11 +91,11 @@ def _llama_like_from_hf(hf: dict) -> ModelConfig:
     )
 
 
-def _llama_like_to_hf(cfg: ModelConfig) -> dict:
+def llama_like_to_hf(cfg: DecoderConfig) -> dict:
     f = cfg.family
     out = {
         "model_type": f,
-        "architectures": [_ARCH[f]],
+        "architectures": [ARCHITECTURES[f]],
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.d_model,
         "num_hidden_layers": cfg.n_layers,
@@ -105,8 +105,8 @@ def _llama_like_to_hf(cfg: ModelConfig) -> dict:
         "intermediate_size": cfg.d_ff,
         "max_position_embeddings": cfg.max_seq_len,
         "rms_norm_eps": cfg.norm_eps,
-        "hidden_act": _act_to_hf(_GATED_TO_HF, cfg.mlp, f),
-        "rope_parameters": _rope_to_hf(cfg),
+        "hidden_act": act_to_hf(GATED_ACTS_TO_HF, cfg.mlp, f),
+        "rope_parameters": rope_to_hf(cfg),
         "tie_word_embeddings": cfg.tie_embeddings,
         "initializer_range": cfg.init_std,
         "attention_dropout": 0.0,
@@ -129,36 +129,36 @@ def _llama_like_to_hf(cfg: ModelConfig) -> dict:
     return out
 
 
-def _llama_like_entries(cfg: ModelConfig) -> list[Entry]:
+def llama_like_entries(cfg: DecoderConfig) -> list[Entry]:
     d, n, k, h, f = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head, cfg.d_ff
     p = "model.layers.{i}."
     out = [
-        _reshape("model.embed_tokens.weight", "embed/table", (cfg.vocab_size, d), (-1, d)),
-        _reshape(p + "input_layernorm.weight", "layers/attn_norm/scale", (d,), (d,)),
-        _linear_in(p + "self_attn.q_proj.weight", "layers/attn/wq", d, (n, h)),
-        _linear_in(p + "self_attn.k_proj.weight", "layers/attn/wk", d, (k, h)),
-        _linear_in(p + "self_attn.v_proj.weight", "layers/attn/wv", d, (k, h)),
-        _linear_out(p + "self_attn.o_proj.weight", "layers/attn/wo", (n, h), d),
-        _reshape(p + "post_attention_layernorm.weight", "layers/mlp_norm/scale", (d,), (d,)),
-        _linear_in(p + "mlp.gate_proj.weight", "layers/mlp/w_gate", d, (f,)),
-        _linear_in(p + "mlp.up_proj.weight", "layers/mlp/w_up", d, (f,)),
-        _linear_out(p + "mlp.down_proj.weight", "layers/mlp/w_down", (f,), d),
-        _reshape("model.norm.weight", "final_norm/scale", (d,), (d,)),
+        reshape("model.embed_tokens.weight", "embed/table", (cfg.vocab_size, d), (-1, d)),
+        reshape(p + "input_layernorm.weight", "layers/attn_norm/scale", (d,), (d,)),
+        linear_in(p + "self_attn.q_proj.weight", "layers/attn/wq", d, (n, h)),
+        linear_in(p + "self_attn.k_proj.weight", "layers/attn/wk", d, (k, h)),
+        linear_in(p + "self_attn.v_proj.weight", "layers/attn/wv", d, (k, h)),
+        linear_out(p + "self_attn.o_proj.weight", "layers/attn/wo", (n, h), d),
+        reshape(p + "post_attention_layernorm.weight", "layers/mlp_norm/scale", (d,), (d,)),
+        linear_in(p + "mlp.gate_proj.weight", "layers/mlp/w_gate", d, (f,)),
+        linear_in(p + "mlp.up_proj.weight", "layers/mlp/w_up", d, (f,)),
+        linear_out(p + "mlp.down_proj.weight", "layers/mlp/w_down", (f,), d),
+        reshape("model.norm.weight", "final_norm/scale", (d,), (d,)),
     ]
     if cfg.qkv_bias:
         out += [
-            _reshape(p + "self_attn.q_proj.bias", "layers/attn/bq", (n * h,), (n, h)),
-            _reshape(p + "self_attn.k_proj.bias", "layers/attn/bk", (k * h,), (k, h)),
-            _reshape(p + "self_attn.v_proj.bias", "layers/attn/bv", (k * h,), (k, h)),
+            reshape(p + "self_attn.q_proj.bias", "layers/attn/bq", (n * h,), (n, h)),
+            reshape(p + "self_attn.k_proj.bias", "layers/attn/bk", (k * h,), (k, h)),
+            reshape(p + "self_attn.v_proj.bias", "layers/attn/bv", (k * h,), (k, h)),
         ]
     if cfg.out_bias:
-        out.append(_reshape(p + "self_attn.o_proj.bias", "layers/attn/bo", (d,), (d,)))
+        out.append(reshape(p + "self_attn.o_proj.bias", "layers/attn/bo", (d,), (d,)))
     if cfg.mlp_bias:
         out += [
-            _reshape(p + "mlp.gate_proj.bias", "layers/mlp/b_gate", (f,), (f,)),
-            _reshape(p + "mlp.up_proj.bias", "layers/mlp/b_up", (f,), (f,)),
-            _reshape(p + "mlp.down_proj.bias", "layers/mlp/b_down", (d,), (d,)),
+            reshape(p + "mlp.gate_proj.bias", "layers/mlp/b_gate", (f,), (f,)),
+            reshape(p + "mlp.up_proj.bias", "layers/mlp/b_up", (f,), (f,)),
+            reshape(p + "mlp.down_proj.bias", "layers/mlp/b_down", (d,), (d,)),
         ]
     if not cfg.tie_embeddings:
-        out.append(_linear_in("lm_head.weight", "lm_head/w", d, (cfg.vocab_size,)))
+        out.append(linear_in("lm_head.weight", "lm_head/w", d, (cfg.vocab_size,)))
     return out

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from llmzoo.errors import DataError
 
+# The one list of tokenizer file names (checkpoint and run directories alike), preferred first.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
@@ -104,6 +105,19 @@ class HFTokenizer:
         return self._special.get("pad", -1)
 
     @property
+    def mask_id(self) -> int:
+        """The id of ``[MASK]`` or ``<mask>``, or -1."""
+        for token in ("[MASK]", "<mask>"):
+            tid = self._tok.token_to_id(token)
+            if tid is not None:
+                return tid
+        return -1
+
+    def id_to_piece(self, tid: int) -> str:
+        """The token string of id ``tid`` (WordPiece marks continuations with ``'##'``)."""
+        return self._tok.id_to_token(int(tid)) or ""
+
+    @property
     def path(self) -> str:
         return self._path
 
@@ -111,8 +125,9 @@ class HFTokenizer:
         return f"HFTokenizer({self._path!r}, vocab_size={self.vocab_size})"
 
 
-def load_hf_tokenizer(path: str | os.PathLike):
-    """Loads the tokenizer of a Hugging Face checkpoint directory (or a tokenizer file).
+def load_tokenizer(path: str | os.PathLike):
+    """Loads a tokenizer file, or the tokenizer of a checkpoint or run directory: llmzoo's one
+    tokenizer loader (train, eval, generate, embed and convert all use it).
 
     ``tokenizer.json`` loads with the ``tokenizers`` package, ``tokenizer.model`` with
     SentencePiece (as :class:`llmzoo.data.tokenizer.Tokenizer`).
@@ -121,6 +136,11 @@ def load_hf_tokenizer(path: str | os.PathLike):
         DataError: neither file is there, or it cannot be parsed.
     """
     file = find_tokenizer_file(path)
+    if file is None and not os.path.isdir(path):
+        raise DataError(
+            f"tokenizer file {os.fspath(path)!r} not found; run `llmzoo tokenizer train` to "
+            "create it (or set data.train_tokenizer=true)"
+        )
     if file is None:
         raise DataError(
             f"{os.fspath(path)!r} has no tokenizer.json or tokenizer.model; "

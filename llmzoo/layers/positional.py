@@ -8,51 +8,13 @@ dimension ``i`` of the rotated slice pairs with ``i + R/2``. Frequency scaling v
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RopeScaling:
-    """RoPE frequency-scaling settings (hashable, so it can live in a model config).
-
-    Attributes:
-        kind: ``'linear'``, ``'ntk'``, ``'yarn'`` or ``'llama3'``.
-        factor: context extension factor.
-        original_max_position_embeddings: pretraining context (yarn, llama3).
-        low_freq_factor, high_freq_factor: llama3 band edges.
-        beta_fast, beta_slow: yarn ramp edges in rotations.
-        attention_factor: yarn cos/sin multiplier; derived from ``factor`` (and ``mscale``,
-            ``mscale_all_dim``) when None.
-        truncate: yarn: round the correction range to whole dimensions.
-    """
-
-    kind: str
-    factor: float = 1.0
-    original_max_position_embeddings: int | None = None
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    beta_fast: float = 32.0
-    beta_slow: float = 1.0
-    attention_factor: float | None = None
-    mscale: float | None = None
-    mscale_all_dim: float | None = None
-    truncate: bool = True
-
-    def __post_init__(self):
-        if self.kind not in ("linear", "ntk", "yarn", "llama3"):
-            raise ValueError(
-                f"unknown rope scaling kind {self.kind!r}; use linear, ntk, yarn or llama3"
-            )
-        if self.kind in ("yarn", "llama3") and self.original_max_position_embeddings is None:
-            raise ValueError(
-                f"rope scaling kind {self.kind!r} needs original_max_position_embeddings "
-                "(the pretraining context length)"
-            )
+from llmzoo.config import RopeScaling
 
 
 def sinusoidal(positions: jax.Array, d: int, *, max_timescale: float = 10000.0) -> jax.Array:

@@ -1,5 +1,5 @@
-"""Model families. Every decoder family is a set of presets of :mod:`llmzoo.models.decoder`."""
+"""Model kinds (one module each) and their registry; family presets live in ``families/``."""
 
-from llmzoo.models import decoder, gemma, gpt2, gpt_neox, llama, mistral, qwen2  # noqa: F401
+from llmzoo.models import decoder, registry  # noqa: F401
 
-__all__ = ["decoder", "gemma", "gpt2", "gpt_neox", "llama", "mistral", "qwen2"]
+__all__ = ["decoder", "registry"]

@@ -1,8 +1,9 @@
-"""Decoder-only transformer shared by GPT-2, Llama, Mistral, Qwen2, Gemma and GPT-NeoX.
+"""Kind ``decoder``: the decoder-only transformer of GPT-2, Llama, Mistral, Qwen2, Gemma, GPT-NeoX.
 
-Read top to bottom: param declarations, one block, the stack (``lax.scan`` over layers), then the
-public ``apply`` (training/eval) and ``apply_cached`` (generation with a KV cache). The families
-differ only in :class:`~llmzoo.config.ModelConfig` switches; their presets live beside this file.
+Read top to bottom: the config, param declarations, one block, the stack (``lax.scan`` over
+layers), then the protocol functions ``apply`` (training/eval), ``init_cache`` and
+``apply_cached`` (generation with a KV cache). The families differ only in
+:class:`DecoderConfig` switches; their presets are data in :mod:`llmzoo.models.families`.
 
 Param tree (layers stacked on a leading axis L)::
 
@@ -14,12 +15,14 @@ Param tree (layers stacked on a leading axis L)::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 
-from llmzoo.config import ModelConfig
+from llmzoo.config import ModelConfig, RopeScaling, check_range
+from llmzoo.errors import ConfigError
 from llmzoo.layers import attention as attn_lib
 from llmzoo.layers import positional
 from llmzoo.layers.mlp import mlp, mlp_specs
@@ -27,10 +30,106 @@ from llmzoo.layers.norms import apply_norm, norm_specs
 from llmzoo.params import ParamSpec, init_params, normal, stack
 from llmzoo.sharding import constrain
 
-ACT = ("batch", "seq", "embed")
+ACT_AXES = ("batch", "seq", "embed")
 
 
-def param_specs(cfg: ModelConfig) -> dict:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecoderConfig(ModelConfig):
+    """A decoder-only transformer (kind ``decoder``). Families differ only in these switches.
+
+    The shared fields (vocab_size, max_seq_len, dropout, init_std, dtype, remat) are documented
+    on :class:`llmzoo.config.ModelConfig`.
+
+    Attributes:
+        family: ``gpt2``, ``llama``, ``mistral``, ``qwen2``, ``gemma`` or ``gpt_neox``.
+        d_model: D.
+        n_layers: number of blocks L.
+        n_heads: N query heads.
+        n_kv_heads: K key/value heads (None: K = N; 1: MQA).
+        head_dim: H (None: D / N).
+        d_ff: F, the MLP hidden width.
+        position: ``learned``, ``rope``, ``alibi``, ``sinusoidal`` or ``none``.
+        rope_theta: RoPE base.
+        rope_fraction: fraction of H rotated (GPT-NeoX partial rotary).
+        rope_scaling: optional :class:`RopeScaling`.
+        norm: ``layernorm`` or ``rmsnorm``; norm_eps its epsilon; norm_bias LayerNorm bias.
+        norm_zero_centered: RMSNorm scales by ``1 + w`` (Gemma).
+        mlp: activation or gated kind (``gelu_tanh``, ``swiglu``, ``geglu`` ...); mlp_bias.
+        qkv_bias, out_bias: biases on the q/k/v and output projections.
+        parallel_residual: ``x + attn(norm1(x)) + mlp(norm2(x))`` (GPT-NeoX, GPT-J).
+        sliding_window: attend to at most this many most recent keys (Mistral).
+        tie_embeddings: the LM head is the transposed embedding table.
+        embed_scale: multiply embeddings by sqrt(D) (Gemma).
+        attn_scale: logit scale override (default H ** -0.5).
+        init_std: init std; output projections use ``init_std / sqrt(2 L)`` (GPT-2).
+    """
+
+    kind: str = "decoder"
+    family: str = "gpt2"
+    d_model: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    d_ff: int = 3072
+    position: str = "learned"
+    rope_theta: float = 10000.0
+    rope_fraction: float = 1.0
+    rope_scaling: RopeScaling | None = None
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    norm_bias: bool = True
+    norm_zero_centered: bool = False
+    mlp: str = "gelu_tanh"
+    mlp_bias: bool = True
+    qkv_bias: bool = True
+    out_bias: bool = True
+    parallel_residual: bool = False
+    sliding_window: int | None = None
+    tie_embeddings: bool = True
+    embed_scale: bool = False
+    attn_scale: float | None = None
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        super().__post_init__()
+        for key in ("d_model", "n_layers", "n_heads", "d_ff"):
+            check_range(f"model.{key}", getattr(self, key), lo=1)
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.n_heads={self.n_heads} does not divide model.d_model={self.d_model}; "
+                "choose n_heads that divides d_model or set model.head_dim"
+            )
+        if self.n_heads % self.kv_heads:
+            raise ConfigError(
+                f"model.n_kv_heads={self.n_kv_heads} must divide model.n_heads={self.n_heads}"
+            )
+        if self.position not in ("learned", "rope", "alibi", "sinusoidal", "none"):
+            raise ConfigError(
+                f"model.position={self.position!r} is unknown; "
+                "use learned, rope, alibi, sinusoidal or none"
+            )
+        if self.norm not in ("layernorm", "rmsnorm"):
+            raise ConfigError(f"model.norm={self.norm!r} is unknown; use layernorm or rmsnorm")
+
+    @property
+    def position_limit(self) -> int | None:
+        return self.max_seq_len if self.position == "learned" else None
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.dim_per_head * self.rope_fraction)
+
+
+def param_specs(cfg: DecoderConfig) -> dict:
     """Declares every parameter of the model as a :class:`ParamSpec` tree."""
     d, std = cfg.d_model, cfg.init_std
     out_std = std / math.sqrt(2 * cfg.n_layers)
@@ -72,7 +171,7 @@ def param_specs(cfg: ModelConfig) -> dict:
     return specs
 
 
-def init(key: jax.Array, cfg: ModelConfig, shardings=None) -> dict:
+def init(key: jax.Array, cfg: DecoderConfig, shardings=None) -> dict:
     """Initialises params, optionally straight onto ``shardings`` (``sharding.param_shardings``)."""
     return init_params(key, param_specs(cfg), shardings)
 
@@ -117,7 +216,7 @@ def _block(p, x, positions, mask, bias, cfg, rng, kv=None):
     else:
         x = x + h
         x = x + _dropout(mlp(p["mlp"], _norm(p["mlp_norm"], x, cfg), kind=cfg.mlp), cfg.dropout, r2)
-    return constrain(x, ACT), new_kv
+    return constrain(x, ACT_AXES), new_kv
 
 
 def _embed(params, tokens, positions, cfg, rng):
@@ -130,7 +229,7 @@ def _embed(params, tokens, positions, cfg, rng):
         x = x + params["pos_embed"]["table"].astype(dtype)[jnp.clip(positions, 0)]
     elif cfg.position == "sinusoidal":
         x = x + positional.sinusoidal(jnp.clip(positions, 0), cfg.d_model).astype(dtype)
-    return constrain(_dropout(x, cfg.dropout, rng), ACT)
+    return constrain(_dropout(x, cfg.dropout, rng), ACT_AXES)
 
 
 def _logits(params, x, cfg):
@@ -151,32 +250,33 @@ def _alibi(cfg, q_pos, k_pos):
 
 def apply(
     params: dict,
-    tokens: jax.Array,
+    batch: dict,
     *,
-    cfg: ModelConfig,
-    positions: jax.Array | None = None,
-    segment_ids: jax.Array | None = None,
+    cfg: DecoderConfig,
     rng: jax.Array | None = None,
     return_hidden: bool = False,
-):
+) -> dict:
     """Runs the model on full sequences (training and evaluation).
 
     Args:
         params: the param tree of :func:`param_specs`.
-        tokens: ``[B, T]`` int token ids.
+        batch: ``tokens [B, T]`` int ids; optional ``positions [B, T]`` (default ``0..T-1``; -1
+            marks padding) and ``segment_ids [B, T]`` (document ids of packed rows: tokens attend
+            within their segment; padding is segment 0, so with right padding pass the attention
+            mask here).
         cfg: the model config.
-        positions: ``[B, T]`` positions (default ``0..T-1``); -1 marks padding.
-        segment_ids: ``[B, T]`` document ids of packed rows; tokens attend within their segment.
-            Padding is segment 0 (so with right padding, pass the attention mask here).
         rng: PRNG key enabling dropout; None for deterministic evaluation.
-        return_hidden: also return the residual stream after every block, ``[L, B, T, D]``.
+        return_hidden: also return the residual stream after every block.
 
     Returns:
-        logits ``[B, T, V]`` float32 (and the hidden states if ``return_hidden``).
+        ``{'logits': [B, T, V] float32}``, plus ``'hidden': [L, B, T, D]`` if ``return_hidden``.
     """
+    tokens = batch["tokens"]
     b, t = tokens.shape
+    positions = batch.get("positions")
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    segment_ids = batch.get("segment_ids")
     mask = attn_lib.attention_mask(
         positions,
         positions,
@@ -185,13 +285,7 @@ def apply(
         k_segment=segment_ids,
     )
     bias = _alibi(cfg, positions, positions)
-    x = _embed(
-        params,
-        tokens,
-        positions,
-        cfg,
-        None if rng is None else jax.random.fold_in(rng, 0),
-    )
+    x = _embed(params, tokens, positions, cfg, None if rng is None else jax.random.fold_in(rng, 0))
 
     def body(x, layer):
         p, i = layer
@@ -202,23 +296,44 @@ def apply(
     if cfg.remat:
         body = jax.checkpoint(body)
     x, hidden = jax.lax.scan(body, x, (params["layers"], jnp.arange(cfg.n_layers)))
-    logits = _logits(params, x, cfg)
-    return (logits, hidden) if return_hidden else logits
+    out = {"logits": _logits(params, x, cfg)}
+    if return_hidden:
+        out["hidden"] = hidden
+    return out
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:
-    """An empty KV cache for ``batch`` sequences of up to ``max_len`` tokens.
+def init_cache(params: dict, batch: dict, *, cfg: DecoderConfig, max_len: int, dtype=None) -> dict:
+    """An empty KV cache for the ``batch`` of prompts, holding up to ``max_len`` tokens a row.
+
+    Args:
+        params: unused (the protocol passes them for kinds whose cache depends on them).
+        batch: the prompt batch; only the batch size B of ``tokens [B, P]`` is read.
+        cfg: the model config.
+        max_len: S, the most tokens (prompt + generated) a row will hold.
+        dtype: cache dtype (default ``cfg.dtype``).
 
     Returns:
         ``{'k', 'v': [L, B, S, K, H], 'pos': [B, S] int32 (-1 = empty), 'index': int32 scalar}``.
     """
+    del params
     dtype = jnp.dtype(dtype or cfg.dtype)
-    shape = (cfg.n_layers, batch, max_len, cfg.kv_heads, cfg.dim_per_head)
+    b = batch["tokens"].shape[0]
+    shape = (cfg.n_layers, b, max_len, cfg.kv_heads, cfg.dim_per_head)
     return {
         "k": jnp.zeros(shape, dtype),
         "v": jnp.zeros(shape, dtype),
-        "pos": jnp.full((batch, max_len), -1, jnp.int32),
+        "pos": jnp.full((b, max_len), -1, jnp.int32),
         "index": jnp.zeros((), jnp.int32),
+    }
+
+
+def select_cache(cache: dict, index: jax.Array) -> dict:
+    """Gathers cache rows ``index [B']`` (beam search reorders and expands rows with it)."""
+    return {
+        "k": cache["k"][:, index],
+        "v": cache["v"][:, index],
+        "pos": cache["pos"][index],
+        "index": cache["index"],
     }
 
 
@@ -227,7 +342,7 @@ def apply_cached(
     tokens: jax.Array,
     cache: dict,
     *,
-    cfg: ModelConfig,
+    cfg: DecoderConfig,
     positions: jax.Array,
 ) -> tuple[jax.Array, dict]:
     """Runs T new tokens against a KV cache (prefill with T = prompt length, decode with T = 1).
@@ -258,4 +373,12 @@ def apply_cached(
     return _logits(params, x, cfg), new_cache
 
 
-__all__ = ["param_specs", "init", "apply", "init_cache", "apply_cached"]
+__all__ = [
+    "DecoderConfig",
+    "param_specs",
+    "init",
+    "apply",
+    "init_cache",
+    "apply_cached",
+    "select_cache",
+]

@@ -13,12 +13,15 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from llmzoo import run_dir as ckpt
 from llmzoo import sharding
 from llmzoo.config import TrainConfig, to_dict
 from llmzoo.errors import ConfigError
-from llmzoo.models import decoder
+from llmzoo.hf.tokenizer import load_tokenizer
+from llmzoo.models import registry
+from llmzoo.objectives import registry as objectives
+from llmzoo.objectives.examples import make_examples
 from llmzoo.params import flatten, init_params
-from llmzoo.train import checkpoint as ckpt
 from llmzoo.train.metrics import MetricsWriter
 from llmzoo.train.optimizer import lr_schedule, make_optimizer
 from llmzoo.train.step import TrainState, make_steps
@@ -70,7 +73,7 @@ def prepare_tokenizer(cfg: TrainConfig, log=print):
 
     d = cfg.data
     if os.path.exists(d.tokenizer) or not d.train_tokenizer:
-        return load_any_tokenizer(d.tokenizer)
+        return load_tokenizer(d.tokenizer)
     log(f"training a {d.vocab_size}-token {d.tokenizer_type} tokenizer on {d.dataset} ...")
     t0 = time.time()
     prefix = d.tokenizer[: -len(".model")] if d.tokenizer.endswith(".model") else d.tokenizer
@@ -81,25 +84,16 @@ def prepare_tokenizer(cfg: TrainConfig, log=print):
     return Tokenizer.load(prefix + ".model")
 
 
-def load_any_tokenizer(path: str):
-    """Loads a SentencePiece ``.model`` or a Hugging Face ``tokenizer.json``."""
-    if path.endswith(".json"):
-        from llmzoo.hf.tokenizer import load_hf_tokenizer
-
-        return load_hf_tokenizer(path)  # the file itself, not whatever its folder holds
-    from llmzoo.data import Tokenizer
-
-    return Tokenizer.load(path)
-
-
-def evaluate(eval_fn, params, batches, put) -> float:
-    """Token-weighted mean loss over ``batches``."""
-    total, count = 0.0, 0.0
+def evaluate(eval_fn, params, batches, put) -> dict:
+    """Token-weighted means over ``batches``: ``{'loss', 'count', <objective metrics>}``."""
+    sums: dict[str, float] = {}
     for batch in batches:
         out = jax.device_get(eval_fn(params, put(batch)))
-        total += float(out["loss_sum"])
-        count += float(out["count"])
-    return total / max(count, 1.0)
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    count = max(sums.pop("count", 0.0), 1.0)
+    result = {k: v / count for k, v in sums.items() if k != "loss_sum"}
+    return {"loss": sums.get("loss_sum", 0.0) / count, "count": count, **result}
 
 
 def _replicate_scalars(tree, mesh):
@@ -111,7 +105,7 @@ def _replicate_scalars(tree, mesh):
 
 def _initial_state(cfg: TrainConfig, mesh, log) -> tuple[TrainState, object]:
     """A fresh (or ``init_from``) TrainState laid out on ``mesh``, and its optimizer."""
-    specs = decoder.param_specs(cfg.model)
+    specs = registry.get(cfg.model.kind).param_specs(cfg.model)
     tx = make_optimizer(cfg.optim, cfg.steps, specs)
     p_shard = sharding.param_shardings(specs, mesh)
     if cfg.init_from:
@@ -124,18 +118,45 @@ def _initial_state(cfg: TrainConfig, mesh, log) -> tuple[TrainState, object]:
     return _replicate_scalars(state, mesh), tx
 
 
-def _final_summary(cfg, state, tokenizer, eval_batches, val_loss) -> dict:
-    """Validation loss next to the unigram baseline, and a sample, at the end of training."""
-    from llmzoo.data import build_source, unigram_entropy
-    from llmzoo.generate import generate_text
+def _baselines(cfg: TrainConfig, tokenizer, examples, eval_batches) -> dict:
+    """What a model that learned nothing about context scores on the validation targets.
+
+    ``unigram_entropy``: the cross-entropy of an add-one smoothed unigram model fitted on the
+    targets of the train split's examples (built exactly as in training). For masked LM also
+    ``majority_accuracy``: the accuracy of always predicting the most frequent target.
+    """
+    from llmzoo.data import build_source, make_eval_batches, unigram_entropy
 
     d = cfg.data
-    train_src = build_source(d.dataset, d.train_split, data_dir=d.data_dir, text_key=d.text_key)
-    train_tokens = (tokenizer.encode(train_src[i]) for i in range(len(train_src)))
-    eval_tokens = [np.asarray(b["targets"])[np.asarray(b["loss_mask"]) > 0] for b in eval_batches]
+    src = build_source(d.dataset, d.train_split, data_dir=d.data_dir, text_key=d.text_key)
+    train = make_eval_batches(
+        src, tokenizer, seq_len=cfg.seq_len, batch_size=cfg.batch_size, example=examples
+    )
+
+    def targets(batches):
+        return [np.asarray(b["targets"])[np.asarray(b["loss_mask"]) > 0] for b in batches]
+
+    eval_targets = targets(eval_batches)
+    out = {
+        "unigram_entropy": unigram_entropy(
+            targets(train), cfg.model.vocab_size, eval_token_ids=eval_targets
+        )
+    }
+    if cfg.objective.name == "mlm":
+        counts = np.bincount(np.concatenate(eval_targets), minlength=cfg.model.vocab_size)
+        out["majority_accuracy"] = float(counts.max() / max(counts.sum(), 1))
+    return out
+
+
+def _sample(cfg: TrainConfig, params, tokenizer) -> str | None:
+    """A sampled continuation of ``cfg.sample_prompt`` from a causal LM, else None."""
+    from llmzoo.generate import generate_text
+
+    if cfg.objective.name != "causal_lm" or not registry.can_generate(cfg.model.kind):
+        return None
     room = cfg.model.max_seq_len - len(tokenizer.encode(cfg.sample_prompt)) - 1
-    sample = generate_text(
-        jax.device_get(state.params),
+    return generate_text(
+        jax.device_get(params),
         tokenizer,
         cfg.sample_prompt,
         cfg=cfg.model,
@@ -144,17 +165,82 @@ def _final_summary(cfg, state, tokenizer, eval_batches, val_loss) -> dict:
         top_k=40,
         seed=cfg.seed,
     )
-    return {
-        "val_loss": val_loss,
-        "unigram_entropy": unigram_entropy(
-            train_tokens, tokenizer.vocab_size, eval_token_ids=eval_tokens
-        ),
-        "sample": sample,
+
+
+def _check_fits(cfg: TrainConfig, tokenizer, mesh) -> None:
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
+            f"{cfg.model.vocab_size}; set model.vocab_size>={tokenizer.vocab_size}"
+        )
+    n_batch = mesh.shape["data"] * mesh.shape["fsdp"]
+    if (cfg.batch_size // cfg.grad_accum) % n_batch:
+        raise ConfigError(
+            f"micro-batch {cfg.batch_size // cfg.grad_accum} (batch_size/grad_accum) is not "
+            f"divisible by the {n_batch} data-parallel devices; change batch_size or the mesh"
+        )
+
+
+def _data(cfg: TrainConfig, tokenizer, examples):
+    """The checkpointable training iterator and the fixed list of validation batches."""
+    from llmzoo.data import build_source, make_eval_batches, make_lm_pipeline
+
+    d = cfg.data
+    train_src = build_source(d.dataset, d.train_split, data_dir=d.data_dir, text_key=d.text_key)
+    eval_src = build_source(d.dataset, d.eval_split, data_dir=d.data_dir, text_key=d.text_key)
+    it = make_lm_pipeline(
+        train_src,
+        tokenizer,
+        seq_len=cfg.seq_len,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        example=examples,
+    )
+    eval_batches = make_eval_batches(
+        eval_src,
+        tokenizer,
+        seq_len=cfg.seq_len,
+        batch_size=cfg.batch_size,
+        max_batches=cfg.eval_batches,
+        example=examples,
+    )
+    return it, eval_batches
+
+
+def _restore(mngr, state: TrainState, it, log, run_dir) -> tuple[TrainState, int]:
+    """The state (and data position) of the newest readable checkpoint, if there is one."""
+    abstract = lambda tree: jax.tree.map(  # noqa: E731
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
+    )
+    found = ckpt.restore_latest(mngr, abstract(state.params), abstract(state.opt_state))
+    if found is None:
+        return state, 0
+    start, params, opt_state, meta = found
+    step = jax.device_put(jnp.int32(start), state.step.sharding)
+    if "data" in meta:
+        it.set_state(meta["data"])
+    log(f"resumed from step {start} in {run_dir}")
+    return TrainState(step=step, params=params, opt_state=opt_state), start
+
+
+def _log_record(m: dict, done: int, schedule, tokens_per_s: float) -> dict:
+    rec = {"step": done, "loss": float(m["loss"]), "ppl": math.exp(min(float(m["loss"]), 50))}
+    rec |= {k: float(v) for k, v in m.items() if k not in ("loss", "tokens", "grad_norm")}
+    rec |= {
+        "lr": float(schedule(done - 1)),
+        "grad_norm": float(m["grad_norm"]),
+        "tokens_per_s": tokens_per_s,
     }
+    return rec
+
+
+def _eval_record(result: dict, done: int) -> dict:
+    rec = {"step": done, "val_loss": result["loss"], "val_ppl": math.exp(min(result["loss"], 50))}
+    return rec | {f"val_{k}": v for k, v in result.items() if k not in ("loss", "count")}
 
 
 def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True, log=print):
-    """Trains (or resumes) the run in ``cfg.run_dir``.
+    """Trains (or resumes) the run in ``cfg.run_dir``: any model kind, any objective.
 
     Args:
         cfg: the resolved training config.
@@ -163,85 +249,75 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True
         log: where status lines go.
 
     Returns:
-        A summary dict: step, val_loss, unigram_entropy, sample, run_dir.
+        A summary dict: run_dir, step, val_loss and the objective's validation metrics
+        (``val_accuracy`` ...), and once training is complete the baselines
+        (``unigram_entropy``, for MLM ``majority_accuracy``) and, for a causal LM, a sample.
     """
-    from llmzoo.data import build_source, make_eval_batches, make_lm_pipeline
-
     cfg = resolve_init_from(cfg)
-    run_dir = cfg.run_dir
-    _check_resume_config(run_dir, cfg)
+    objective = objectives.for_config(cfg)
+    _check_resume_config(cfg.run_dir, cfg)
     tokenizer = prepare_tokenizer(cfg, log)
-    if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(
-            f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
-            f"{cfg.model.vocab_size}; set model.vocab_size>={tokenizer.vocab_size}"
-        )
     mesh = sharding.make_mesh(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor)
-    n_batch = mesh.shape["data"] * mesh.shape["fsdp"]
-    if (cfg.batch_size // cfg.grad_accum) % n_batch:
-        raise ConfigError(
-            f"micro-batch {cfg.batch_size // cfg.grad_accum} (batch_size/grad_accum) is not "
-            f"divisible by the {n_batch} data-parallel devices; change batch_size or the mesh"
-        )
+    _check_fits(cfg, tokenizer, mesh)
+    examples = make_examples(cfg, tokenizer)
 
     state, tx = _initial_state(cfg, mesh, log)
-    schedule = lr_schedule(cfg.optim, cfg.steps)
-    key = jax.random.key(cfg.seed)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     batch_shard = sharding.batch_sharding(mesh)
-    train_fn, eval_fn = make_steps(cfg.model, tx, cfg.grad_accum, state_shardings, batch_shard)
+    train_fn, eval_fn = make_steps(
+        objective.loss, cfg.model, tx, cfg.grad_accum, state_shardings, batch_shard
+    )
 
     def put(batch):
         return jax.device_put({k: np.asarray(v) for k, v in batch.items()}, batch_shard)
 
-    d = cfg.data
-    train_src = build_source(d.dataset, d.train_split, data_dir=d.data_dir, text_key=d.text_key)
-    eval_src = build_source(d.dataset, d.eval_split, data_dir=d.data_dir, text_key=d.text_key)
-    it = make_lm_pipeline(
-        train_src, tokenizer, seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed
-    )
-    eval_batches = list(
-        make_eval_batches(
-            eval_src,
-            tokenizer,
-            seq_len=cfg.seq_len,
-            batch_size=cfg.batch_size,
-            max_batches=cfg.eval_batches,
-        )
-    )
-
-    mngr = ckpt.checkpoint_manager(run_dir, max_to_keep=cfg.keep_checkpoints)
-    abstract = lambda tree: jax.tree.map(  # noqa: E731
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
-    )
-    found = ckpt.restore_latest(mngr, abstract(state.params), abstract(state.opt_state))
-    start = 0
-    if found is not None:
-        start, params, opt_state, meta = found
-        state = TrainState(
-            step=jax.device_put(jnp.int32(start), state_shardings.step),
-            params=params,
-            opt_state=opt_state,
-        )
-        if "data" in meta:
-            it.set_state(meta["data"])
-        log(f"resumed from step {start} in {run_dir}")
+    it, eval_batches = _data(cfg, tokenizer, examples)
+    mngr = ckpt.checkpoint_manager(cfg.run_dir, max_to_keep=cfg.keep_checkpoints)
+    state, start = _restore(mngr, state, it, log, cfg.run_dir)
     # Only now, with the checkpoint (if any) read, is the run directory written to.
-    ckpt.write_config(run_dir, cfg)
-    ckpt.copy_tokenizer(tokenizer.path, run_dir)
-    writer = MetricsWriter(run_dir, resume_step=start)
+    ckpt.write_config(cfg.run_dir, cfg)
+    ckpt.copy_tokenizer(tokenizer.path, cfg.run_dir)
+    writer = MetricsWriter(cfg.run_dir, resume_step=start)
     last = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
-
-    def save(step):
-        ckpt.save(
+    with jax.set_mesh(mesh):
+        state, result = _loop(
+            cfg,
+            state,
+            it,
+            train_fn,
+            eval_fn,
+            eval_batches,
+            put,
+            (start, last),
             mngr,
-            step,
-            state.params,
-            state.opt_state,
-            {"step": step, "data": it.get_state(), "config": to_dict(cfg)},
+            writer,
+            progress,
         )
+        step = max(start, last)
+        if step >= cfg.steps and result is None:
+            result = evaluate(eval_fn, state.params, eval_batches, put)
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
+    summary = {"run_dir": cfg.run_dir, "step": step, "val_loss": None}
+    if result is not None:
+        summary |= _eval_record(result, step)
+    if step >= cfg.steps:
+        summary |= _baselines(cfg, tokenizer, examples, eval_batches)
+        summary["sample"] = _sample(cfg, state.params, tokenizer)
+    return summary
 
-    val_loss = None
+
+def _loop(cfg, state, it, train_fn, eval_fn, eval_batches, put, span, mngr, writer, progress):
+    """Runs steps ``span = (start, last)``: logging, periodic evaluation and checkpoints.
+
+    Returns:
+        ``(state, the last evaluation result or None)``.
+    """
+    start, last = span
+    schedule = lr_schedule(cfg.optim, cfg.steps)
+    key = jax.random.key(cfg.seed)
+    result = None
     bar = tqdm(
         range(start, last),
         initial=start,
@@ -251,46 +327,25 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True
         dynamic_ncols=True,
     )
     t_last, tok_since = time.time(), 0.0
-    with jax.set_mesh(mesh):
-        for step in bar:
-            state, metrics = train_fn(state, put(next(it)), key)
-            done = step + 1
-            if done % cfg.log_every == 0 or done == last:
-                m = jax.device_get(metrics)
-                tok_since += float(m["tokens"]) * cfg.log_every
-                now = time.time()
-                rec = {
-                    "step": done,
-                    "loss": float(m["loss"]),
-                    "ppl": math.exp(min(m["loss"], 50)),
-                    "lr": float(schedule(done - 1)),
-                    "grad_norm": float(m["grad_norm"]),
-                    "tokens_per_s": tok_since / max(now - t_last, 1e-9),
-                }
-                t_last, tok_since = now, 0.0
-                writer.write(rec)
-                bar.set_postfix(
-                    loss=f"{rec['loss']:.3f}",
-                    lr=f"{rec['lr']:.2e}",
-                    tok_s=f"{rec['tokens_per_s']:.0f}",
-                )
-            if done % cfg.eval_every == 0 or done == cfg.steps:
-                val_loss = evaluate(eval_fn, state.params, eval_batches, put)
-                writer.write(
-                    {"step": done, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
-                )
-                bar.write(f"step {done}: val_loss {val_loss:.4f}")
-            if done % cfg.ckpt_every == 0 or done == last:
-                save(done)
+    for step in bar:
+        state, metrics = train_fn(state, put(next(it)), key)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == last:
+            m = jax.device_get(metrics)
+            tok_since += float(m["tokens"]) * cfg.log_every
+            now = time.time()
+            rec = _log_record(m, done, schedule, tok_since / max(now - t_last, 1e-9))
+            t_last, tok_since = now, 0.0
+            writer.write(rec)
+            bar.set_postfix(
+                loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}"
+            )
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            result = evaluate(eval_fn, state.params, eval_batches, put)
+            writer.write(_eval_record(result, done))
+            bar.write(f"step {done}: val_loss {result['loss']:.4f}")
+        if done % cfg.ckpt_every == 0 or done == last:
+            meta = {"step": done, "data": it.get_state(), "config": to_dict(cfg)}
+            ckpt.save(mngr, done, state.params, state.opt_state, meta)
     bar.close()
-    mngr.wait_until_finished()
-    mngr.close()
-    writer.close()
-    step = max(start, last)
-    summary = {"run_dir": run_dir, "step": step, "val_loss": val_loss}
-    if step >= cfg.steps:
-        if val_loss is None:
-            with jax.set_mesh(mesh):
-                val_loss = evaluate(eval_fn, state.params, eval_batches, put)
-        summary.update(_final_summary(cfg, state, tokenizer, eval_batches, val_loss))
-    return summary
+    return state, result

@@ -33,7 +33,7 @@ def greedy_uncached(params, prompt, n, cfg):
     """Recomputes the whole sequence every step (no cache). The row is right-padded to one
     fixed length so a single compiled forward serves every step; causality makes the padding
     invisible to the positions we read."""
-    forward = jax.jit(lambda p, t: decoder.apply(p, t, cfg=cfg))
+    forward = jax.jit(lambda p, t: decoder.apply(p, {"tokens": t}, cfg=cfg)["logits"])
     seq = list(prompt)
     width = len(prompt) + n
     for _ in range(n):

@@ -10,14 +10,11 @@ import pytest
 from conftest import batch, hf_logits
 
 import llmzoo.hf
+from llmzoo import run_dir as checkpoint
 from llmzoo.generate import generate
+from llmzoo.hf.convert import convert_from_hf, convert_to_hf
 
-checkpoint = pytest.importorskip("llmzoo.train.checkpoint")
-if not hasattr(checkpoint, "write_run") or not hasattr(checkpoint, "read_run"):
-    pytest.skip("llmzoo.train.checkpoint has no write_run/read_run yet", allow_module_level=True)
 transformers = pytest.importorskip("transformers")
-
-from llmzoo.hf.convert import convert_from_hf, convert_to_hf  # noqa: E402
 
 
 def test_gpt2_round_trip_through_a_run_directory(hf_dirs, tmp_path):

@@ -88,6 +88,10 @@ def test_gpt2_bare_model_layout_with_buffers(hf_dirs, tmp_path):
         (tmp_path / "config.json").write_text(f.read())
     cfg, params = llmzoo.hf.load(tmp_path)
     tokens, mask = batch(16, (16, 5))
-    got = np.asarray(decoder.apply(params, jnp.asarray(tokens), cfg=cfg, segment_ids=mask))
+    got = np.asarray(
+        decoder.apply(params, {"tokens": jnp.asarray(tokens), "segment_ids": mask}, cfg=cfg)[
+            "logits"
+        ]
+    )
     keep = mask.astype(bool)
     assert np.abs(got[keep] - hf_logits(model, tokens, mask)[keep]).max() < 1e-4

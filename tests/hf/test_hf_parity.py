@@ -40,7 +40,9 @@ def loaded(hf_dirs):
 
 
 def llmzoo_logits(params, tokens, mask, cfg):
-    out = decoder.apply(params, jnp.asarray(tokens), cfg=cfg, segment_ids=jnp.asarray(mask))
+    out = decoder.apply(
+        params, {"tokens": jnp.asarray(tokens), "segment_ids": jnp.asarray(mask)}, cfg=cfg
+    )["logits"]
     return np.asarray(out)
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from llmzoo.errors import DataError
-from llmzoo.hf import load_hf_tokenizer
+from llmzoo.hf import load_tokenizer
 
 TEXT = ["the quick brown fox jumps over the lazy dog", "hello world, hello tokenizer"] * 20
 
@@ -27,7 +27,7 @@ def test_tokenizer_json(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(
         json.dumps({"bos_token": "<s>", "eos_token": {"content": "</s>"}, "pad_token": "<pad>"})
     )
-    loaded = load_hf_tokenizer(tmp_path)
+    loaded = load_tokenizer(tmp_path)
     ids = loaded.encode("hello lazy fox")
     assert ids and loaded.decode(ids) == "hello lazy fox"
     assert (loaded.pad_id, loaded.bos_id, loaded.eos_id) == (0, 2, 3)
@@ -49,7 +49,7 @@ def test_sentencepiece_model(tmp_path):
         pad_id=3,
         minloglevel=2,
     )
-    loaded = load_hf_tokenizer(tmp_path)
+    loaded = load_tokenizer(tmp_path)
     ids = loaded.encode("hello world")
     assert loaded.decode(ids) == "hello world"
     assert (loaded.bos_id, loaded.eos_id, loaded.pad_id, loaded.vocab_size) == (1, 2, 3, 60)
@@ -57,4 +57,4 @@ def test_sentencepiece_model(tmp_path):
 
 def test_missing_tokenizer(tmp_path):
     with pytest.raises(DataError, match="no tokenizer.json or tokenizer.model"):
-        load_hf_tokenizer(tmp_path)
+        load_tokenizer(tmp_path)

@@ -38,7 +38,16 @@ ALIBI_MQA = dataclasses.replace(GPT2, position="alibi", n_kv_heads=1, parallel_r
 CONFIGS = {"gpt2": GPT2, "rope_gqa_swa": ROPE_GQA_SWA, "alibi_mqa": ALIBI_MQA}
 B, T = 2, 8
 
-_apply = jax.jit(decoder.apply, static_argnames=("cfg", "return_hidden"))
+_jit_apply = jax.jit(decoder.apply, static_argnames=("cfg", "return_hidden"))
+
+
+def _apply(p, tokens, *, cfg, rng=None, return_hidden=False, **batch):
+    """The protocol's ``apply`` on a batch dict; the logits (and hidden states if asked)."""
+    batch = {"tokens": tokens, **{k: v for k, v in batch.items() if v is not None}}
+    out = _jit_apply(p, batch, cfg=cfg, rng=rng, return_hidden=return_hidden)
+    return (out["logits"], out["hidden"]) if return_hidden else out["logits"]
+
+
 _apply_cached = jax.jit(decoder.apply_cached, static_argnames=("cfg",))
 
 
@@ -104,7 +113,7 @@ def test_cached_prefill_and_decode_match_apply(params, name):
     tokens = _tokens((B, T), seed=3)
     full = _apply(p, tokens, cfg=cfg)
 
-    cache = decoder.init_cache(cfg, B, 12)
+    cache = decoder.init_cache(p, {"tokens": tokens}, cfg=cfg, max_len=12)
     pos = jnp.broadcast_to(jnp.arange(prompt), (B, prompt))
     logits, cache = _apply_cached(p, tokens[:, :prompt], cache, cfg=cfg, positions=pos)
     np.testing.assert_allclose(logits, full[:, :prompt], atol=1e-5)
@@ -126,7 +135,7 @@ def test_left_padded_batch_matches_unpadded(params, name):
     pad = 2
     prompts = jnp.stack([jnp.concatenate([jnp.zeros((pad,), jnp.int32), short]), long_])
     positions = jnp.array([[-1] * pad + list(range(3)), list(range(5))])
-    cache = decoder.init_cache(cfg, B, 12)
+    cache = decoder.init_cache(p, {"tokens": prompts}, cfg=cfg, max_len=12)
     logits, cache = _apply_cached(p, prompts, cache, cfg=cfg, positions=positions)
     # one decode step: row 0 continues at position 3, row 1 at position 5
     step, _ = _apply_cached(p, nxt[:, None], cache, cfg=cfg, positions=jnp.array([[3], [5]]))
@@ -173,7 +182,7 @@ def test_remat_same_logits_and_grads(params):
     p, tokens = params["rope_gqa_swa"], _tokens((B, T + 1))
 
     def loss(params, cfg):
-        logits = decoder.apply(params, tokens[:, :-1], cfg=cfg)
+        logits = decoder.apply(params, {"tokens": tokens[:, :-1]}, cfg=cfg)["logits"]
         logp = jax.nn.log_softmax(logits)
         return -jnp.take_along_axis(logp, tokens[:, 1:, None], -1).mean()
 

@@ -12,6 +12,7 @@ import pytest
 from llmzoo import sharding
 from llmzoo.config import OptimConfig
 from llmzoo.models import decoder
+from llmzoo.objectives.losses import token_loss
 from llmzoo.presets import get_model_preset
 from llmzoo.train.optimizer import decay_mask, lr_schedule, make_optimizer
 from llmzoo.train.step import TrainState, make_steps
@@ -45,11 +46,11 @@ def run(steps, grad_accum=1, mesh=None):
     tx = make_optimizer(OptimConfig(lr=1e-2, warmup_steps=1), 10, decoder.param_specs(CFG))
     if mesh is None:
         state = fresh_state(tx)
-        train_fn, _ = make_steps(CFG, tx, grad_accum)
+        train_fn, _ = make_steps(token_loss, CFG, tx, grad_accum)
         put = lambda b: b  # noqa: E731
     else:
         state = fresh_state(tx, sharding.param_shardings(decoder.param_specs(CFG), mesh))
-        train_fn, _ = make_steps(CFG, tx, grad_accum)
+        train_fn, _ = make_steps(token_loss, CFG, tx, grad_accum)
         put = lambda b: jax.device_put(b, sharding.batch_sharding(mesh))  # noqa: E731
     losses = []
     for i in range(steps):

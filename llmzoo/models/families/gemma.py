@@ -1,15 +1,15 @@
 """Gemma (Gemma Team, 2024): embeddings scaled by sqrt(D), GeGLU (tanh GELU), RMSNorm scaled by
 ``1 + w``, tied embeddings, head_dim 256 independent of D, multi-query attention at 2B.
 
-Presets: ``gemma-tiny`` (tests), ``gemma-2b``, ``gemma-7b``. The computation is
+Presets: ``gemma-tiny`` (tests), ``gemma-2b``, ``gemma-7b``. Plain data: presets of kind
 :mod:`llmzoo.models.decoder`.
 """
 
 import dataclasses
 
-from llmzoo.models.decoder import apply, apply_cached, init, init_cache, param_specs
-from llmzoo.models.llama import LLAMA
-from llmzoo.presets import register, tiny
+from llmzoo.models.decoder import DecoderConfig
+from llmzoo.models.families.llama import LLAMA
+from llmzoo.models.families.shapes import tiny
 
 GEMMA = dataclasses.replace(
     LLAMA,
@@ -28,14 +28,9 @@ GEMMA = dataclasses.replace(
     embed_scale=True,
     tie_embeddings=True,
 )
-register(
-    "gemma-tiny",
-    tiny(GEMMA, n_kv_heads=1, head_dim=32, d_ff=256),
+PRESETS: dict[str, DecoderConfig] = {}
+PRESETS["gemma-tiny"] = tiny(GEMMA, n_kv_heads=1, head_dim=32, d_ff=256)
+PRESETS["gemma-2b"] = GEMMA
+PRESETS["gemma-7b"] = dataclasses.replace(
+    GEMMA, d_model=3072, n_layers=28, n_heads=16, n_kv_heads=16, d_ff=24576
 )
-register("gemma-2b", GEMMA)
-register(
-    "gemma-7b",
-    dataclasses.replace(GEMMA, d_model=3072, n_layers=28, n_heads=16, n_kv_heads=16, d_ff=24576),
-)
-
-__all__ = ["GEMMA", "param_specs", "init", "apply", "apply_cached", "init_cache"]

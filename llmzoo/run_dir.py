@@ -1,9 +1,9 @@
-"""Run directories and Orbax checkpoints.
+"""Run directories: everything they hold is read and written here, and nowhere else.
 
 A run directory holds::
 
-    config.yaml         the resolved TrainConfig
-    tokenizer.model     the tokenizer the run was trained with (or tokenizer.json)
+    config.yaml         the resolved TrainConfig (``model.kind`` names the model kind)
+    tokenizer.json      the tokenizer the run was trained with (or tokenizer.model)
     metrics.jsonl       one JSON object per logged step or evaluation
     checkpoints/<step>/ Orbax items: params, opt_state, meta (step, data-iterator state)
 
@@ -23,10 +23,12 @@ import jax
 import orbax.checkpoint as ocp
 import yaml
 
-from llmzoo.config import TrainConfig, from_dict, to_dict
+from llmzoo.config import TrainConfig, to_dict
 from llmzoo.errors import CheckpointError
-
-TOKENIZER_NAMES = ("tokenizer.model", "tokenizer.json")
+from llmzoo.hf.tokenizer import find_tokenizer_file, load_tokenizer
+from llmzoo.models import registry
+from llmzoo.params import abstract_params as spec_shapes
+from llmzoo.presets import train_config_from_dict
 
 
 def checkpoint_manager(run_dir: str, *, max_to_keep: int = 3, async_save: bool = True):
@@ -130,16 +132,27 @@ def read_config(run_dir: str) -> TrainConfig:
             "train one with `llmzoo train` or convert one with `llmzoo convert`"
         )
     with open(path) as f:
-        return from_dict(yaml.safe_load(f))
+        return train_config_from_dict(yaml.safe_load(f))
 
 
 def tokenizer_path(run_dir: str) -> str | None:
     """The tokenizer file stored in a run directory, if any."""
-    for name in TOKENIZER_NAMES:
-        p = os.path.join(run_dir, name)
-        if os.path.exists(p):
-            return p
-    return None
+    return find_tokenizer_file(run_dir) if os.path.isdir(run_dir) else None
+
+
+def read_tokenizer(run_dir: str):
+    """Loads the tokenizer stored in a run directory.
+
+    Raises:
+        CheckpointError: the run directory holds no tokenizer file.
+    """
+    path = tokenizer_path(run_dir)
+    if path is None:
+        raise CheckpointError(
+            f"run {run_dir!r} has no tokenizer.json or tokenizer.model; copy the tokenizer "
+            "used for training into it"
+        )
+    return load_tokenizer(path)
 
 
 def copy_tokenizer(src: str, run_dir: str) -> str:
@@ -161,10 +174,8 @@ def load_params(run_dir: str, shardings: Any = None) -> tuple[TrainConfig, Any, 
     Returns:
         ``(config, params, step)``.
     """
-    from llmzoo.models import decoder
-
     cfg = read_config(run_dir)
-    abstract = _abstract_params(decoder.param_specs(cfg.model), shardings)
+    abstract = _abstract_params(registry.get(cfg.model.kind).param_specs(cfg.model), shardings)
     mngr = checkpoint_manager(run_dir, async_save=False)
     try:
         found = restore_latest(mngr, abstract, None, quarantine=False)
@@ -180,9 +191,7 @@ def load_params(run_dir: str, shardings: Any = None) -> tuple[TrainConfig, Any, 
 
 
 def _abstract_params(specs, shardings=None):
-    from llmzoo.params import abstract_params
-
-    abstract = abstract_params(specs)
+    abstract = spec_shapes(specs)
     if shardings is None:
         dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         return jax.tree.map(

@@ -3,16 +3,14 @@ of each head (partial rotary), parallel residual ``x + attn(ln1(x)) + mlp(ln2(x)
 untied output embedding.
 
 Presets: ``gpt_neox-tiny`` (tests), ``pythia-70m`` ... ``pythia-12b``, ``gpt-neox-20b``. The
-computation is :mod:`llmzoo.models.decoder`.
+presets are plain data of kind ``decoder``.
 """
 
 import dataclasses
 
-from llmzoo.config import ModelConfig
-from llmzoo.models.decoder import apply, apply_cached, init, init_cache, param_specs
-from llmzoo.presets import register
+from llmzoo.models.decoder import DecoderConfig
 
-PYTHIA = ModelConfig(
+PYTHIA = DecoderConfig(
     family="gpt_neox",
     vocab_size=50304,
     d_model=512,
@@ -29,11 +27,9 @@ PYTHIA = ModelConfig(
     parallel_residual=True,
     tie_embeddings=False,
 )
-register(
-    "gpt_neox-tiny",
-    dataclasses.replace(
-        PYTHIA, vocab_size=512, d_model=64, n_layers=2, n_heads=4, d_ff=256, max_seq_len=256
-    ),
+PRESETS: dict[str, DecoderConfig] = {}
+PRESETS["gpt_neox-tiny"] = dataclasses.replace(
+    PYTHIA, vocab_size=512, d_model=64, n_layers=2, n_heads=4, d_ff=256, max_seq_len=256
 )
 for _name, (_d, _l, _n) in {
     "pythia-70m": (512, 6, 8),
@@ -45,12 +41,7 @@ for _name, (_d, _l, _n) in {
     "pythia-6.9b": (4096, 32, 32),
     "pythia-12b": (5120, 36, 40),
 }.items():
-    register(_name, dataclasses.replace(PYTHIA, d_model=_d, n_layers=_l, n_heads=_n, d_ff=4 * _d))
-register(
-    "gpt-neox-20b",
-    dataclasses.replace(
-        PYTHIA, vocab_size=50432, d_model=6144, n_layers=44, n_heads=64, d_ff=24576
-    ),
+    PRESETS[_name] = dataclasses.replace(PYTHIA, d_model=_d, n_layers=_l, n_heads=_n, d_ff=4 * _d)
+PRESETS["gpt-neox-20b"] = dataclasses.replace(
+    PYTHIA, vocab_size=50432, d_model=6144, n_layers=44, n_heads=64, d_ff=24576
 )
-
-__all__ = ["PYTHIA", "param_specs", "init", "apply", "apply_cached", "init_cache"]
