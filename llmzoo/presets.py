@@ -25,9 +25,23 @@ from llmzoo.config import (
 from llmzoo.errors import ConfigError
 from llmzoo.models import registry
 from llmzoo.models.decoder import DecoderConfig
-from llmzoo.models.families import gemma, gpt2, gpt_neox, llama, mistral, qwen2
+from llmzoo.models.families import (
+    albert,
+    bart,
+    bert,
+    deberta_v2,
+    gemma,
+    gpt2,
+    gpt_neox,
+    llama,
+    mistral,
+    qwen2,
+    roberta,
+    t5,
+)
 
-FAMILY_MODULES = (gpt2, llama, mistral, qwen2, gemma, gpt_neox)
+FAMILY_MODULES = (gpt2, llama, mistral, qwen2, gemma, gpt_neox, t5, bart)
+FAMILY_MODULES += (bert, roberta, albert, deberta_v2)
 MODEL_PRESETS: dict[str, ModelConfig] = {k: v for m in FAMILY_MODULES for k, v in m.PRESETS.items()}
 
 

@@ -1,7 +1,8 @@
 """Hugging Face checkpoints <-> llmzoo: ``load``, ``save``, tokenizers and run-dir conversion.
 
-Supported ``model_type``: gpt2, llama, mistral, qwen2, gemma, gpt_neox. Weights are read and written
-as safetensors without torch; Hugging Face tensor names appear only in this package.
+Supported ``model_type``: gpt2, llama, mistral, qwen2, gemma, gpt_neox; the encoders bert,
+roberta, albert, deberta-v2. Weights are read and written as safetensors without torch; Hugging
+Face tensor names appear only in this package.
 """
 
 from llmzoo.hf.checkpoint import load, load_config, save

@@ -19,6 +19,17 @@ from collections.abc import Callable
 from llmzoo.config import ModelConfig
 from llmzoo.errors import CheckpointError, ConfigError
 from llmzoo.hf.hf_common import Entry
+from llmzoo.hf.hf_deberta import DEBERTA_OPTIONAL, deberta_entries, deberta_from_hf, deberta_to_hf
+from llmzoo.hf.hf_encoder import (
+    BASE_PREFIX,
+    OPTIONAL,
+    albert_from_hf,
+    albert_to_hf,
+    bert_entries,
+    bert_from_hf,
+    bert_to_hf,
+    canonical_encoder,
+)
 from llmzoo.hf.hf_gpt import (
     gpt2_entries,
     gpt2_from_hf,
@@ -32,6 +43,17 @@ from llmzoo.hf.hf_llama import (
     llama_like_entries,
     llama_like_from_hf,
     llama_like_to_hf,
+)
+from llmzoo.hf.hf_seq2seq import (
+    BART_OPTIONAL,
+    T5_OPTIONAL,
+    bart_entries,
+    bart_from_hf,
+    bart_to_hf,
+    canonical_seq2seq,
+    t5_entries,
+    t5_from_hf,
+    t5_to_hf,
 )
 from llmzoo.models.decoder import DecoderConfig
 
@@ -91,6 +113,19 @@ FAMILIES: dict[str, FamilyMap] = {
         )
         for f in LLAMA_LIKE
     },
+    **{
+        f: FamilyMap(from_hf, to_hf, entries, BASE_PREFIX[f], canonical_encoder, optional)
+        for f, from_hf, to_hf, entries, optional in (
+            ("bert", bert_from_hf, bert_to_hf, bert_entries, OPTIONAL),
+            ("roberta", bert_from_hf, bert_to_hf, bert_entries, OPTIONAL),
+            ("albert", albert_from_hf, albert_to_hf, bert_entries, OPTIONAL),
+            ("deberta_v2", deberta_from_hf, deberta_to_hf, deberta_entries, DEBERTA_OPTIONAL),
+        )
+    },
+    "t5": FamilyMap(t5_from_hf, t5_to_hf, t5_entries, "", canonical_seq2seq, T5_OPTIONAL),
+    "bart": FamilyMap(
+        bart_from_hf, bart_to_hf, bart_entries, "model.", canonical_seq2seq, BART_OPTIONAL
+    ),
 }
 # Hugging Face model_type -> llmzoo family, where they are spelled differently.
 MODEL_TYPE_ALIASES = {"deberta-v2": "deberta_v2"}

@@ -27,6 +27,7 @@ from llmzoo.layers import attention as attn_lib
 from llmzoo.layers import positional
 from llmzoo.layers.mlp import mlp, mlp_specs
 from llmzoo.layers.norms import apply_norm, norm_specs
+from llmzoo.layers.residual import dropout
 from llmzoo.params import ParamSpec, init_params, normal, stack
 from llmzoo.sharding import constrain
 
@@ -182,13 +183,6 @@ def _norm(params, x, cfg):
     )
 
 
-def _dropout(x, rate, rng):
-    if rng is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-
-
 def _attention(p, x, positions, mask, bias, cfg, kv):
     """Self-attention of one block. ``x: [B, T, D]``; returns ``([B, T, D], (k, v))``."""
     q, k, v = attn_lib.qkv_projection(p, x)  # [B, T, N, H], [B, T, K, H]
@@ -209,13 +203,13 @@ def _block(p, x, positions, mask, bias, cfg, rng, kv=None):
     """One pre-norm transformer block (sequential or parallel residual). ``x: [B, T, D]``."""
     r1, r2 = (None, None) if rng is None else jax.random.split(rng)
     h, new_kv = _attention(p["attn"], _norm(p["attn_norm"], x, cfg), positions, mask, bias, cfg, kv)
-    h = _dropout(h, cfg.dropout, r1)
+    h = dropout(h, cfg.dropout, r1)
     if cfg.parallel_residual:
         m = mlp(p["mlp"], _norm(p["mlp_norm"], x, cfg), kind=cfg.mlp)
-        x = x + h + _dropout(m, cfg.dropout, r2)
+        x = x + h + dropout(m, cfg.dropout, r2)
     else:
         x = x + h
-        x = x + _dropout(mlp(p["mlp"], _norm(p["mlp_norm"], x, cfg), kind=cfg.mlp), cfg.dropout, r2)
+        x = x + dropout(mlp(p["mlp"], _norm(p["mlp_norm"], x, cfg), kind=cfg.mlp), cfg.dropout, r2)
     return constrain(x, ACT_AXES), new_kv
 
 
@@ -229,7 +223,7 @@ def _embed(params, tokens, positions, cfg, rng):
         x = x + params["pos_embed"]["table"].astype(dtype)[jnp.clip(positions, 0)]
     elif cfg.position == "sinusoidal":
         x = x + positional.sinusoidal(jnp.clip(positions, 0), cfg.d_model).astype(dtype)
-    return constrain(_dropout(x, cfg.dropout, rng), ACT_AXES)
+    return constrain(dropout(x, cfg.dropout, rng), ACT_AXES)
 
 
 def _logits(params, x, cfg):

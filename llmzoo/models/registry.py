@@ -21,13 +21,17 @@ from __future__ import annotations
 import types
 
 from llmzoo.errors import ConfigError
-from llmzoo.models import decoder
+from llmzoo.models import decoder, encoder, seq2seq
 
 KINDS: dict[str, types.ModuleType] = {
     "decoder": decoder,
+    "encoder": encoder,
+    "seq2seq": seq2seq,
 }
 CONFIGS: dict[str, type] = {
     "decoder": decoder.DecoderConfig,
+    "encoder": encoder.EncoderConfig,
+    "seq2seq": seq2seq.Seq2SeqConfig,
 }
 
 

@@ -1,0 +1,454 @@
+"""Kind ``encoder``: bidirectional post-LN transformers (BERT, RoBERTa, ALBERT, DeBERTa-v2).
+
+Read top to bottom: the config, param declarations, embeddings, one block, the stack (``lax.scan``
+over layers, or over one shared layer for ALBERT), the task heads, then ``apply``. The families
+differ only in :class:`EncoderConfig` switches; their presets are data in
+:mod:`llmzoo.models.families`.
+
+Param tree (layers stacked on a leading axis L, unless ``share_layers``)::
+
+    embed/table [V, E]        pos_embed/table [P, E]     type_embed/table [Y, E]
+    embed_norm/{scale,bias}   embed_proj/{w [E, D], b}   (factorised embeddings only)
+    rel_embed/table [2R, D]   rel_norm/{scale,bias}      (DeBERTa relative attention only)
+    layers/attn/{wq,wk,wv,wo,bq,bk,bv,bo}  layers/pos_proj/{wq,bq,wk,bk}  layers/attn_norm
+    layers/mlp/{w_up,b_up,w_down,b_down}   layers/mlp_norm
+    pooler/{w, b}             mlm/{w [D, E], b, b_out [V]}  mlm_norm   pair_head   classifier
+
+Dimensions: B batch, T tokens, D model width, N heads, H head width, F MLP width, V vocabulary,
+E embedding width, Y token types, C labels, R relative span, P position-table rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llmzoo.config import ModelConfig, check_range
+from llmzoo.errors import ConfigError, DataError
+from llmzoo.layers import attention as attn_lib
+from llmzoo.layers import disentangled, heads
+from llmzoo.layers.heads import POOLER_ACTIVATIONS, cls_pool, mean_pool
+from llmzoo.layers.mlp import ACTIVATIONS, mlp, mlp_specs
+from llmzoo.layers.norms import layer_norm, norm_specs
+from llmzoo.layers.residual import dropout
+from llmzoo.params import ParamSpec, init_params, normal, stack, zeros
+from llmzoo.sharding import constrain
+
+ACT_AXES = ("batch", "seq", "embed")
+HEADS = ("none", "mlm", "pretraining", "sequence_classification", "token_classification")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EncoderConfig(ModelConfig):
+    """A bidirectional encoder (kind ``encoder``). Families differ only in these switches.
+
+    The shared fields (vocab_size, max_seq_len, dropout, init_std, dtype, remat) are documented
+    on :class:`llmzoo.config.ModelConfig`; ``max_seq_len`` is the longest input, whatever the
+    position-table offset.
+
+    Attributes:
+        family: ``bert``, ``roberta``, ``albert`` or ``deberta_v2``.
+        d_model: D. n_layers: L. n_heads: N (H = D / N). d_ff: F.
+        embed_dim: E, the embedding width, projected to D (ALBERT, DeBERTa-v2 with
+            ``embedding_size``); None: D wide and not projected.
+        embed_norm_after_proj: the embedding LayerNorm acts on D after the projection (DeBERTa)
+            instead of on E before it (ALBERT).
+        embed_proj_bias: the embedding projection has a bias (ALBERT).
+        share_layers: one set of layer params applied L times (ALBERT cross-layer sharing).
+        type_vocab_size: Y token types (0: no token-type embeddings).
+        position: ``learned`` (an absolute table added to the input) or ``none``.
+        position_offset: added to positions before the table lookup (RoBERTa: pad_id + 1); the
+            table has ``max_seq_len + position_offset`` rows.
+        pad_id: the padding token id.
+        norm_eps: LayerNorm epsilon.
+        mlp: the MLP activation (``gelu``, ``gelu_tanh``, ``relu`` ...).
+        relative_attention: DeBERTa's disentangled attention over relative positions.
+        position_buckets: log buckets of relative positions (0: raw distances).
+        max_relative_positions: the farthest relative distance (None: max_seq_len).
+        share_att_key: the relative table uses the attention's own q/k projections.
+        pos_att_type: the relative terms, a tuple of ``c2p`` and ``p2c``; they also set the logit
+            scale ``1 / sqrt(H * (1 + len))``.
+        rel_embed_norm: LayerNorm on the relative table (DeBERTa-v3 ``norm_rel_ebd``).
+        head: ``none``, ``mlm``, ``pretraining`` (mlm + a two-way pair head: NSP or SOP),
+            ``sequence_classification`` or ``token_classification``.
+        num_labels: C, classes of the classification heads.
+        pooler: a dense layer on the first token (``pooled`` output; used by ``pretraining``
+            and ``sequence_classification``).
+        pooler_activation: its activation (``tanh``; DeBERTa: ``gelu``).
+        mlm_activation: the activation of the MLM head's transform (RoBERTa: always ``gelu``).
+    """
+
+    kind: str = "encoder"
+    family: str = "bert"
+    vocab_size: int = 30522
+    max_seq_len: int = 512
+    d_model: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    d_ff: int = 3072
+    embed_dim: int | None = None
+    embed_norm_after_proj: bool = False
+    embed_proj_bias: bool = True
+    share_layers: bool = False
+    type_vocab_size: int = 2
+    position: str = "learned"
+    position_offset: int = 0
+    pad_id: int = 0
+    norm_eps: float = 1e-12
+    mlp: str = "gelu"
+    relative_attention: bool = False
+    position_buckets: int = 0
+    max_relative_positions: int | None = None
+    share_att_key: bool = False
+    pos_att_type: tuple[str, ...] = ()
+    rel_embed_norm: bool = False
+    head: str = "mlm"
+    num_labels: int = 2
+    pooler: bool = False
+    pooler_activation: str = "tanh"
+    mlm_activation: str = "gelu"
+
+    def __post_init__(self):
+        super().__post_init__()
+        for key in ("d_model", "n_layers", "n_heads", "d_ff", "num_labels"):
+            check_range(f"model.{key}", getattr(self, key), lo=1)
+        for key in ("type_vocab_size", "position_offset", "position_buckets"):
+            check_range(f"model.{key}", getattr(self, key), lo=0)
+        if self.embed_dim is not None:
+            check_range("model.embed_dim", self.embed_dim, lo=1)
+        if self.max_relative_positions is not None:
+            check_range("model.max_relative_positions", self.max_relative_positions, lo=2)
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.n_heads={self.n_heads} does not divide model.d_model={self.d_model}; "
+                "choose n_heads that divides d_model"
+            )
+        self._check_choices()
+
+    def _check_choices(self):
+        choices = {
+            "position": ("learned", "none"),
+            "head": HEADS,
+            "mlp": tuple(ACTIVATIONS),
+            "mlm_activation": tuple(ACTIVATIONS),
+            "pooler_activation": POOLER_ACTIVATIONS,
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                value = getattr(self, key)
+                raise ConfigError(
+                    f"model.{key}={value!r} is unknown; use one of {', '.join(allowed)}"
+                )
+        bad = [t for t in self.pos_att_type if t not in disentangled.POS_ATT_TYPES]
+        if bad or len(set(self.pos_att_type)) != len(self.pos_att_type):
+            raise ConfigError(
+                f"model.pos_att_type={self.pos_att_type!r}; use distinct entries of c2p, p2c"
+            )
+        if self.head in ("pretraining", "sequence_classification") and not self.pooler:
+            raise ConfigError(
+                f"model.head={self.head!r} reads the pooled first token; set model.pooler=true"
+            )
+        if self.position_buckets and self.position_buckets < 4:
+            raise ConfigError(
+                f"model.position_buckets={self.position_buckets}; use 0 (no buckets) or >= 4"
+            )
+
+    @property
+    def position_limit(self) -> int | None:
+        """``max_seq_len`` with a learned position table, else None (relative positions)."""
+        return self.max_seq_len if self.position == "learned" else None
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def embed_width(self) -> int:
+        """E: the width of the token, position and type embeddings."""
+        return self.embed_dim or self.d_model
+
+    @property
+    def relative_span(self) -> int:
+        """R: the relative table has 2R rows (``position_buckets`` when bucketed)."""
+        return self.position_buckets or self.max_relative_positions or self.max_seq_len
+
+
+# ---------------------------------------------------------------------------------------------
+# Params
+
+
+def _table(rows: int, width: int, std: float, axes=(None, "embed")) -> dict:
+    return {"table": ParamSpec((rows, width), logical_axes=axes, init=normal(std))}
+
+
+def _block_specs(cfg: EncoderConfig) -> dict:
+    d, n, h, std = cfg.d_model, cfg.n_heads, cfg.dim_per_head, cfg.init_std
+    block = {
+        "attn": attn_lib.attention_specs(d, n, n, h, qkv_bias=True, out_bias=True, std=std),
+        "attn_norm": norm_specs(d),
+        "mlp": mlp_specs(d, cfg.d_ff, cfg.mlp, bias=True, std=std),
+        "mlp_norm": norm_specs(d),
+    }
+    if cfg.relative_attention and not cfg.share_att_key:
+        block["pos_proj"] = disentangled.position_projection_specs(
+            d, n, h, cfg.pos_att_type, std=std
+        )
+    return block
+
+
+def _embedding_specs(cfg: EncoderConfig) -> dict:
+    d, e, std = cfg.d_model, cfg.embed_width, cfg.init_std
+    specs = {"embed": _table(cfg.vocab_size, e, std, ("vocab", "embed"))}
+    if cfg.position == "learned":
+        specs["pos_embed"] = _table(cfg.max_seq_len + cfg.position_offset, e, std)
+    if cfg.type_vocab_size:
+        specs["type_embed"] = _table(cfg.type_vocab_size, e, std)
+    specs["embed_norm"] = norm_specs(d if cfg.embed_norm_after_proj else e)
+    if cfg.embed_dim is not None:
+        specs["embed_proj"] = heads.dense_specs(
+            e, d, axes=(None, "embed"), std=std, bias=cfg.embed_proj_bias
+        )
+    if cfg.relative_attention:
+        specs["rel_embed"] = _table(2 * cfg.relative_span, d, std)
+        if cfg.rel_embed_norm:
+            specs["rel_norm"] = norm_specs(d)
+    return specs
+
+
+def _head_specs(cfg: EncoderConfig) -> dict:
+    d, std = cfg.d_model, cfg.init_std
+    specs = {}
+    if cfg.pooler:
+        specs["pooler"] = heads.dense_specs(d, d, std=std)
+    if cfg.head in ("mlm", "pretraining"):
+        specs["mlm"] = heads.dense_specs(d, cfg.embed_width, std=std)
+        specs["mlm"]["b_out"] = ParamSpec((cfg.vocab_size,), logical_axes=("vocab",), init=zeros)
+        specs["mlm_norm"] = norm_specs(cfg.embed_width)
+    if cfg.head == "pretraining":
+        specs["pair_head"] = heads.dense_specs(d, 2, std=std)
+    if cfg.head in ("sequence_classification", "token_classification"):
+        specs["classifier"] = heads.dense_specs(d, cfg.num_labels, std=std)
+    return specs
+
+
+def param_specs(cfg: EncoderConfig) -> dict:
+    """Declares every parameter of the model as a :class:`ParamSpec` tree."""
+    block = _block_specs(cfg)
+    layers = block if cfg.share_layers else stack(block, cfg.n_layers)
+    return {**_embedding_specs(cfg), "layers": layers, **_head_specs(cfg)}
+
+
+def init(key: jax.Array, cfg: EncoderConfig, shardings=None) -> dict:
+    """Initialises params, optionally straight onto ``shardings`` (``sharding.param_shardings``)."""
+    return init_params(key, param_specs(cfg), shardings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward
+
+
+def _ln(p, x, cfg):
+    return layer_norm(p, x, eps=cfg.norm_eps)
+
+
+def _embed(params, batch, positions, cfg, rng):
+    """Token, position and type embeddings, norm, projection: ``tokens [B, T]`` -> ``[B, T, D]``."""
+    dtype = jnp.dtype(cfg.dtype)
+    tokens = batch["tokens"]
+    x = params["embed"]["table"].astype(dtype)[tokens]
+    if cfg.type_vocab_size:
+        types = batch.get("token_type_ids")
+        types = jnp.zeros_like(tokens) if types is None else types
+        x = x + params["type_embed"]["table"].astype(dtype)[types]
+    if cfg.position == "learned":
+        x = x + params["pos_embed"]["table"].astype(dtype)[positions + cfg.position_offset]
+    if cfg.embed_dim is None:
+        x = _ln(params["embed_norm"], x, cfg)
+    elif cfg.embed_norm_after_proj:
+        x = _ln(params["embed_norm"], heads.dense(params["embed_proj"], x), cfg)
+    else:
+        x = heads.dense(params["embed_proj"], _ln(params["embed_norm"], x, cfg))
+    return constrain(dropout(x, cfg.dropout, rng), ACT_AXES)
+
+
+def _relative(params, positions, cfg, rng):
+    """The relative table ``[2R, D]`` and each pair's row ``[B, T, T]``; None without."""
+    if not cfg.relative_attention:
+        return None
+    table = params["rel_embed"]["table"].astype(jnp.dtype(cfg.dtype))
+    if cfg.rel_embed_norm:
+        table = _ln(params["rel_norm"], table, cfg)
+    farthest = cfg.max_relative_positions or cfg.max_seq_len
+    index = disentangled.relative_index(
+        positions,
+        positions,
+        span=cfg.relative_span,
+        bucket_size=cfg.position_buckets,
+        max_position=farthest,
+    )
+    return dropout(table, cfg.dropout, rng), index
+
+
+def _attention(p, x, mask, rel, cfg):
+    """Bidirectional self-attention (disentangled with ``rel``). ``x: [B, T, D]``."""
+    q, k, v = attn_lib.qkv_projection(p["attn"], x)  # [B, T, N, H]
+    scale = bias = None
+    if cfg.pos_att_type:
+        scale = disentangled.disentangled_scale(cfg.dim_per_head, cfg.pos_att_type)
+    if rel is not None:
+        table, index = rel
+        proj = p["attn"] if cfg.share_att_key else p["pos_proj"]
+        rel_q, rel_k = disentangled.project_relative(proj, table, cfg.pos_att_type)
+        bias = disentangled.disentangled_bias(q, k, rel_q, rel_k, index) * scale
+    o = attn_lib.dot_product_attention(q, k, v, mask=mask, bias=bias, scale=scale)
+    return attn_lib.out_projection(p["attn"], o)
+
+
+def _block(p, x, mask, rel, cfg, rng):
+    """One post-LN block: ``LN(x + attn(x))`` then ``LN(x + mlp(x))``. ``x: [B, T, D]``."""
+    r1, r2 = (None, None) if rng is None else jax.random.split(rng)
+    x = _ln(p["attn_norm"], x + dropout(_attention(p, x, mask, rel, cfg), cfg.dropout, r1), cfg)
+    h = dropout(mlp(p["mlp"], x, kind=cfg.mlp), cfg.dropout, r2)
+    return constrain(_ln(p["mlp_norm"], x + h, cfg), ACT_AXES)
+
+
+def _stack(params, x, mask, rel, cfg, rng, return_hidden):
+    """All L blocks under ``lax.scan``; ALBERT scans L times over its one shared layer."""
+
+    def body(x, layer):
+        p, i = layer
+        layer_rng = None if rng is None else jax.random.fold_in(rng, i)
+        x = _block(p, x, mask, rel, cfg, layer_rng)
+        return x, (x if return_hidden else None)
+
+    if cfg.remat:
+        body = jax.checkpoint(body)
+    index = jnp.arange(cfg.n_layers)
+    if cfg.share_layers:
+        shared = params["layers"]
+        return jax.lax.scan(lambda x, i: body(x, (shared, i)), x, index)
+    return jax.lax.scan(body, x, (params["layers"], index))
+
+
+def _heads(params, x, cfg, rng) -> dict:
+    """The task outputs of ``cfg.head`` (and ``pooled``) from final states ``x [B, T, D]``."""
+    r1, r2 = (None, None) if rng is None else jax.random.split(rng)
+    out = {}
+    if cfg.pooler:
+        pooled = heads.dense(params["pooler"], dropout(cls_pool(x), cfg.dropout, r1))
+        out["pooled"] = pooled = heads.pooler_activation(cfg.pooler_activation)(pooled)
+    if cfg.head in ("mlm", "pretraining"):
+        act, table = cfg.mlm_activation, params["embed"]["table"]
+        mlm = heads.mlm_logits(
+            params["mlm"], params["mlm_norm"], x, table, activation=act, eps=cfg.norm_eps
+        )
+        out["logits"] = mlm
+    if cfg.head == "pretraining":
+        pair = heads.dense(params["pair_head"], dropout(pooled, cfg.dropout, r2))
+        out["pair_logits"] = pair.astype(jnp.float32)
+    elif cfg.head == "sequence_classification":
+        logits = heads.dense(params["classifier"], dropout(pooled, cfg.dropout, r2))
+        out["logits"] = logits.astype(jnp.float32)
+    elif cfg.head == "token_classification":
+        logits = heads.dense(params["classifier"], dropout(x, cfg.dropout, r2))
+        out["logits"] = logits.astype(jnp.float32)
+    return out
+
+
+def _mask(positions, segment_ids):
+    """``[B, 1, T, T]`` bool: same segment, and never a padding key (segment 0); or None."""
+    if segment_ids is None:
+        return None
+    mask = attn_lib.attention_mask(
+        positions, positions, causal=False, q_segment=segment_ids, k_segment=segment_ids
+    )
+    return mask & (segment_ids != 0)[:, None, None, :]
+
+
+def apply(
+    params: dict,
+    batch: dict,
+    *,
+    cfg: EncoderConfig,
+    rng: jax.Array | None = None,
+    return_hidden: bool = False,
+) -> dict:
+    """Runs the encoder and its head on a batch.
+
+    Args:
+        params: the param tree of :func:`param_specs`.
+        batch: ``tokens [B, T]`` int ids; optional ``segment_ids [B, T]`` (tokens attend only
+            within their segment and 0 marks padding, never attended: a right-padded batch
+            passes its attention mask here, packed rows pass 1, 2, 3 ...), ``token_type_ids
+            [B, T]`` (default 0) and ``positions [B, T]`` (default ``0..T-1``; the family's
+            ``position_offset`` is added).
+        cfg: the model config.
+        rng: PRNG key enabling dropout; None for deterministic evaluation.
+        return_hidden: also return the output of every block.
+
+    Returns:
+        ``'hidden' [B, T, D]`` (final states); ``'all_hidden' [L, B, T, D]`` with
+        ``return_hidden``; ``'pooled' [B, D]`` with a pooler; by ``cfg.head``: ``'logits'``
+        ``[B, T, V]`` (mlm, pretraining), ``[B, C]`` (sequence_classification) or ``[B, T, C]``
+        (token_classification), and ``'pair_logits' [B, 2]`` (pretraining). Logits are float32.
+    """
+    tokens = batch["tokens"]
+    b, t = tokens.shape
+    positions = batch.get("positions")
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    rngs = [None] * 4 if rng is None else list(jax.random.split(rng, 4))
+    x = _embed(params, batch, positions, cfg, rngs[0])
+    rel = _relative(params, positions, cfg, rngs[1])
+    mask = _mask(positions, batch.get("segment_ids"))
+    x, hidden = _stack(params, x, mask, rel, cfg, rngs[2], return_hidden)
+    out = {"hidden": x, **_heads(params, x, cfg, rngs[3])}
+    if return_hidden:
+        out["all_hidden"] = hidden
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side batch checks
+
+
+def _check_ids(ids, key: str, limit: int, field: str) -> None:
+    ids = np.asarray(ids)
+    bad = ids[(ids < 0) | (ids >= max(limit, 1))]  # with no table (limit 0), id 0 is ignored
+    if bad.size:
+        raise DataError(
+            f"{key} holds id {int(bad[0])} but model.{field}={limit}; ids must lie in "
+            f"[0, {max(limit, 1)}): check the tokenizer and data, or raise model.{field}"
+        )
+
+
+def check_batch(batch: dict, cfg: EncoderConfig) -> None:
+    """Checks a host (numpy) batch against ``cfg`` before it reaches the device, where an
+    out-of-range id would silently read a clamped row. Not traceable: call it outside ``jit``.
+
+    Raises:
+        DataError: a token, token-type or position id outside its table (positions default to
+            ``0..T-1``), or a key whose shape differs from ``tokens``.
+    """
+    shape = np.shape(batch["tokens"])
+    limits = {"tokens": (cfg.vocab_size, "vocab_size")}
+    limits["token_type_ids"] = (cfg.type_vocab_size, "type_vocab_size")
+    if cfg.position == "learned":
+        limits["positions"] = (cfg.max_seq_len, "max_seq_len")
+    for key in ("segment_ids", "token_type_ids", "positions"):
+        if key in batch and np.shape(batch[key]) != shape:
+            raise DataError(
+                f"batch[{key!r}] has shape {list(np.shape(batch[key]))} but tokens has "
+                f"{list(shape)}; give one id per token"
+            )
+    default_positions = np.arange(shape[-1]) if shape else np.zeros(0)
+    for key, (limit, field) in limits.items():
+        ids = batch.get(key, default_positions if key == "positions" else None)
+        if ids is not None:
+            _check_ids(ids, key, limit, field)
+
+
+__all__ = ["EncoderConfig", "param_specs", "init", "apply", "mean_pool", "cls_pool", "check_batch"]
