@@ -1,4 +1,4 @@
-"""The ``llmzoo`` command line: train, eval, generate, tokenizer, data, convert.
+"""The ``llmzoo`` command line: train, eval, generate, embed, tokenizer, data, convert.
 
 Any :class:`~llmzoo.errors.LlmzooError` is printed as one ``error: ...`` line with exit status 2.
 """
@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 
-from llmzoo.errors import LlmzooError
+from llmzoo.errors import DataError, LlmzooError
 
 EPILOG_TRAIN = """examples:
   llmzoo train                                  # tiny GPT on Python's docs, CPU-friendly
@@ -21,6 +21,16 @@ EPILOG_TRAIN = """examples:
 
 overrides are key=value with dotted keys into the config (see llmzoo/config.py);
 values are parsed as YAML. Training resumes from the newest checkpoint in run_dir."""
+
+EPILOG_EMBED = """examples:
+  llmzoo convert --from-hf path/to/all-MiniLM-L6-v2 --out runs/minilm
+  llmzoo embed --run runs/minilm --text "A man plays a guitar." --text "Someone strums a guitar."
+  llmzoo embed --run runs/minilm --file sentences.txt --out embeddings.npy
+  llmzoo embed --run runs/minilm --file sentences.txt --similarity
+
+texts get the special tokens of their checkpoint ([CLS] ... [SEP] for BERT); embeddings are
+mean-pooled over the real tokens (or --pooling cls: the first token) and L2-normalised. Without
+--out or --similarity, each embedding prints as a JSON line {"text": ..., "embedding": [...]}."""
 
 
 def _cmd_train(args) -> int:
@@ -76,8 +86,66 @@ def _cmd_generate(args) -> int:
         top_p=args.top_p,
         seed=args.seed,
         stop_at_eos=not args.no_stop,
+        num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
+        early_stopping=args.early_stopping,
     )
     print(text if cfg.model.kind == "seq2seq" else args.prompt + text)
+    return 0
+
+
+def _read_texts(args) -> list[str]:
+    """The ``--text`` values, then the non-blank lines of ``--file``."""
+    texts = list(args.text or [])
+    if args.file:
+        if not os.path.isfile(args.file):
+            raise DataError(f"--file {args.file!r} not found; give a text file, one text a line")
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                texts += [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"--file {args.file!r} is unreadable ({e}); give UTF-8 text") from None
+    if not texts:
+        raise DataError("no texts to embed; pass --text TEXT (repeatable) or --file PATH")
+    return texts
+
+
+def _similarity_table(texts: list[str], sim) -> str:
+    """The texts, numbered, then the matrix ``sim [N, N]`` with rows and columns by number."""
+    labels = [f"[{i}]" for i in range(len(texts))]
+    lw = len(labels[-1])
+    cw = max(10, lw + 1)  # fits " -0.123456"
+    lines = [f"{label:>{lw}} {text}" for label, text in zip(labels, texts, strict=True)]
+    lines += ["", "cosine similarity:", " " * lw + "".join(f"{s:>{cw}}" for s in labels)]
+    for label, row in zip(labels, sim, strict=True):
+        lines.append(f"{label:>{lw}}" + "".join(f"{v:>{cw}.6f}" for v in row))
+    return "\n".join(lines)
+
+
+def _cmd_embed(args) -> int:
+    import numpy as np
+
+    from llmzoo.embed import cosine_similarity, embed_run
+
+    texts = _read_texts(args)
+    emb = embed_run(
+        args.run,
+        texts,
+        pooling=args.pooling,
+        normalize=not args.no_normalize,
+        batch_size=args.batch_size,
+        max_len=args.max_len,
+    )
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        np.save(args.out, emb.astype(np.float32))
+        path = args.out if args.out.endswith(".npy") else args.out + ".npy"
+        print(f"wrote {path}: float32 [{emb.shape[0]}, {emb.shape[1]}] (texts x dimensions)")
+    if args.similarity:
+        print(_similarity_table(texts, cosine_similarity(emb)))
+    if not args.out and not args.similarity:
+        for text, row in zip(texts, emb, strict=True):
+            print(json.dumps({"text": text, "embedding": [round(float(v), 6) for v in row]}))
     return 0
 
 
@@ -154,7 +222,44 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--no-stop", action="store_true", help="do not stop at the EOS token")
+    g.add_argument("--num-beams", type=int, default=1, help="beam search with K beams (K > 1)")
+    g.add_argument(
+        "--length-penalty", type=float, default=1.0, help="beam search: score / length ** this"
+    )
+    g.add_argument(
+        "--early-stopping",
+        action="store_true",
+        help="beam search: stop a row once num_beams hypotheses have finished",
+    )
     g.set_defaults(fn=_cmd_generate)
+
+    em = sub.add_parser(
+        "embed",
+        help="sentence embeddings (and their cosine similarities) from an encoder run",
+        epilog=EPILOG_EMBED,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    em.add_argument("--run", required=True, metavar="DIR", help="an encoder run directory")
+    em.add_argument("--text", action="append", help="a text to embed (repeatable)")
+    em.add_argument(
+        "--file", metavar="PATH", help="a UTF-8 file of texts, one a line (blank lines skipped)"
+    )
+    em.add_argument(
+        "--pooling",
+        choices=("mean", "cls"),
+        default="mean",
+        help="mean over the real tokens (default) or the first token's state",
+    )
+    em.add_argument("--no-normalize", action="store_true", help="skip the L2 normalisation")
+    em.add_argument(
+        "--out", metavar="FILE.npy", help="write the [N, D] float32 embeddings with numpy.save"
+    )
+    em.add_argument("--similarity", action="store_true", help="print the cosine-similarity table")
+    em.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (32)")
+    em.add_argument(
+        "--max-len", type=int, default=None, help="truncate to this many tokens (default: model's)"
+    )
+    em.set_defaults(fn=_cmd_embed)
 
     tk = sub.add_parser("tokenizer", help="tokenizer tools")
     tks = tk.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)

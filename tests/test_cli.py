@@ -49,6 +49,13 @@ def test_help_is_useful(command, capsys):
         (["preset=huge"], "unknown training preset 'huge'"),
         (["model.preset=gpt9"], "unknown model preset 'gpt9'"),
         (["batch_size=10", "grad_accum=3"], "not divisible by grad_accum=3"),
+        (["model.kind=transformer"], "model.kind='transformer' is unknown; use one of decoder"),
+        (["model.type_vocab_size=2"], "'model.type_vocab_size'; valid keys here of model.kind="),
+        (["model.kind=encoder", "model.vocab_sise=9"], "'model.vocab_sise'; valid keys here of"),
+        (["model.kind=seq2seq", "model.decoder_start_id=null"], "decoder_start_id is not set"),
+        (["objective.name=mlm"], "trains model kinds encoder, not model.kind='decoder'"),
+        (["objective.name=span"], "objective.name='span' is unknown"),
+        (["objective.noise_density=0"], "objective.noise_density=0.0 is out of range"),
     ],
 )
 def test_bad_config_is_one_line(overrides, expected, capsys, tmp_path):
@@ -121,3 +128,29 @@ def test_all_checkpoints_corrupt_is_an_error_not_a_restart(capsys, tmp_path, tin
     assert tree_digest(run_dir) == before  # metrics and checkpoints untouched
     assert main(["generate", "--run", str(run_dir), "--prompt", "x"]) == 2
     assert "can be read" in one_error_line(capsys)
+
+
+def test_no_room_for_the_mask_token_is_one_line(capsys, tmp_path):
+    data = tmp_path / "data"
+    args = [f"data.data_dir={data}", f"data.tokenizer={data}/sp512.model", "data.vocab_size=512"]
+    args += ["model.preset=bert-tiny", "objective.name=mlm", "model.vocab_size=512"]
+    assert main(["train", f"run_dir={tmp_path}/run", *args]) == 2
+    assert "model.vocab_size=512 leaves no room for 1 mask token" in one_error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_generate_on_an_encoder_run_is_one_line(capsys, tmp_path):
+    import jax
+
+    from llmzoo.models import encoder
+    from llmzoo.presets import get_model_preset, train_config_for
+    from llmzoo.run_dir import write_run
+
+    model = get_model_preset("bert-tiny")
+    cfg = train_config_for(model)
+    write_run(str(tmp_path / "run"), cfg, encoder.init(jax.random.key(0), model))
+    before = tree_digest(tmp_path / "run")
+    assert main(["generate", "--run", str(tmp_path / "run"), "--prompt", "The "]) == 2
+    line = one_error_line(capsys)
+    assert "model.kind='encoder'" in line and "llmzoo embed" in line
+    assert tree_digest(tmp_path / "run") == before

@@ -27,6 +27,7 @@ LAYERS = {
     "llmzoo.generate": 6,
     "llmzoo.train": 6,
     "llmzoo.eval": 7,
+    "llmzoo.embed": 7,
     "llmzoo.cli": 8,
     "llmzoo.__main__": 8,
     "llmzoo": 9,  # the package __init__ re-exports the public API

@@ -56,9 +56,15 @@ class Tokenizer:
             ) from None
         return cls(processor, path)
 
-    def encode(self, text: str) -> list[int]:
-        """Returns the token ids of ``text`` (no bos/eos added)."""
-        return self._sp.EncodeAsIds(text)
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Returns the token ids of ``text``; with ``add_special_tokens``, bos and eos around them
+        (each only if the model defines it)."""
+        ids = self._sp.EncodeAsIds(text)
+        if not add_special_tokens:
+            return ids
+        bos = [self.bos_id] if self.bos_id >= 0 else []
+        eos = [self.eos_id] if self.eos_id >= 0 else []
+        return bos + ids + eos
 
     def decode(self, ids: Iterable[int]) -> str:
         """Returns the text of ``ids``; pad/bos/eos (control) ids decode to nothing."""

@@ -1,6 +1,7 @@
-"""Text generation with a KV cache: samplers and the decoding loop."""
+"""Text generation over any kind's cache: samplers, the decoding loop and beam search."""
 
+from llmzoo.generate.beam import beam_search
 from llmzoo.generate.decode import generate, generate_text
 from llmzoo.generate.sampling import sample
 
-__all__ = ["generate", "generate_text", "sample"]
+__all__ = ["beam_search", "generate", "generate_text", "sample"]

@@ -16,6 +16,7 @@ import numpy as np
 
 from llmzoo.config import ModelConfig
 from llmzoo.errors import GenerationError
+from llmzoo.generate.beam import beam_search
 from llmzoo.generate.sampling import sample
 from llmzoo.models import registry
 
@@ -193,26 +194,48 @@ def generate_text(
     cfg: ModelConfig,
     max_new_tokens: int = 64,
     stop_at_eos: bool = True,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
     **kwargs,
 ) -> str:
     """Encodes ``prompt``, generates, and decodes the continuation (stopping at EOS).
 
     For a seq2seq model the prompt is the encoder input (with EOS appended) and the result is
-    the decoder's output.
+    the decoder's output. ``num_beams > 1`` decodes with :func:`llmzoo.generate.beam.beam_search`
+    (``length_penalty``, ``early_stopping``); otherwise ``kwargs`` go to :func:`generate`
+    (temperature, top_k, top_p, seed).
     """
     ids = tokenizer.encode(prompt)
     eos = getattr(tokenizer, "eos_id", -1)
     if not ids:
         ids = [tokenizer.bos_id] if getattr(tokenizer, "bos_id", -1) >= 0 else [0]
     stops = (eos,) if stop_at_eos and eos >= 0 else ()
-    if cfg.kind == "seq2seq":
-        kwargs["inputs"] = [ids + ([eos] if eos >= 0 else [])]
-        prompts = None
+    inputs = [ids + ([eos] if eos >= 0 else [])] if cfg.kind == "seq2seq" else None
+    prompts = None if inputs else [ids]
+    if num_beams > 1:
+        batch = _encoder_batch(inputs, cfg, 0) if inputs else {"tokens": np.asarray(prompts)}
+        (new,) = beam_search(
+            params,
+            batch,
+            cfg=cfg,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            length_penalty=length_penalty,
+            early_stopping=early_stopping,
+            eos_id=eos if eos >= 0 else None,
+        ).tolist()
+        new = [t for t in new if t >= 0]
     else:
-        prompts = [ids]
-    (new,) = generate(
-        params, prompts, cfg=cfg, max_new_tokens=max_new_tokens, stop_tokens=stops, **kwargs
-    )
-    if stops and new and new[-1] in stops:
-        new = new[:-1]
+        (new,) = generate(
+            params,
+            prompts,
+            cfg=cfg,
+            inputs=inputs,
+            max_new_tokens=max_new_tokens,
+            stop_tokens=stops,
+            **kwargs,
+        )
+    if eos >= 0 and eos in new and (stops or num_beams > 1):
+        new = new[: new.index(eos)]
     return tokenizer.decode(new)

@@ -1,8 +1,8 @@
 """Tokenizers that ship with Hugging Face checkpoints: ``tokenizer.json`` or ``tokenizer.model``.
 
 Both load behind the interface of :class:`llmzoo.data.tokenizer.Tokenizer`: ``encode(str)`` (no
-special tokens added), ``decode(ids)`` (special tokens dropped), ``vocab_size``, ``bos_id``,
-``eos_id``, ``pad_id`` (-1 when the checkpoint defines none).
+special tokens added unless ``add_special_tokens=True``), ``decode(ids)`` (special tokens dropped),
+``vocab_size``, ``bos_id``, ``eos_id``, ``pad_id`` (-1 when the checkpoint defines none).
 """
 
 from __future__ import annotations
@@ -59,6 +59,10 @@ class HFTokenizer:
                 f"{path!r} is not a Hugging Face tokenizer.json ({str(e).splitlines()[0]}); "
                 "re-download it"
             ) from None
+        # tokenizer.json may carry padding and truncation settings (MiniLM pads to 128): encode
+        # exactly the text given, as the SentencePiece tokenizers do.
+        tok.no_padding()
+        tok.no_truncation()
         folder = os.path.dirname(path)
         special: dict[str, int] = {}
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
@@ -80,9 +84,10 @@ class HFTokenizer:
                 special[kind] = tid
         return cls(tok, path, special)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` (no bos/eos added)."""
-        return self._tok.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text``; with ``add_special_tokens``, the checkpoint's post-processor adds
+        its special tokens (BERT: ``[CLS] ... [SEP]``, RoBERTa: ``<s> ... </s>``)."""
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; special tokens decode to nothing."""

@@ -32,10 +32,8 @@ def _check_mask_args(
         raise DataError(f"tokens has shape {tokens.shape}; pass a non-empty [T] or [B, T] array")
     if not 0.0 < mask_prob < 1.0:
         raise DataError(f"mask_prob={mask_prob} is outside (0, 1); use e.g. 0.15")
-    if not 0 <= mask_id < vocab_size:
-        raise DataError(
-            f"mask_id={mask_id} is outside [0, vocab_size={vocab_size}); check both ids"
-        )
+    if mask_id < 0:
+        raise DataError(f"mask_id={mask_id} is negative; pass the [MASK] token's id")
     if random_prob < 0 or keep_prob < 0 or random_prob + keep_prob > 1:
         raise DataError(
             f"random_prob={random_prob} and keep_prob={keep_prob} must be >= 0 with a sum <= 1"
@@ -109,7 +107,8 @@ def mask_tokens(
         tokens: ``[B, T]`` or ``[T]`` int token ids.
         rng: the generator that draws every random choice.
         mask_prob: probability that a candidate position (or word) is selected, in (0, 1).
-        mask_id: id of ``[MASK]``.
+        mask_id: id of ``[MASK]``; it may lie past ``vocab_size`` (an id reserved beyond the
+            tokenizer's vocabulary).
         vocab_size: V; random replacements are drawn from ``[0, V)``.
         special_ids: ids never selected (e.g. ``[CLS]``, ``[SEP]``, ``[PAD]``).
         random_prob: share of selected positions replaced by a random id.

@@ -268,8 +268,13 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True
         objective.loss, cfg.model, tx, cfg.grad_accum, state_shardings, batch_shard
     )
 
+    check = getattr(registry.get(cfg.model.kind), "check_batch", None)
+
     def put(batch):
-        return jax.device_put({k: np.asarray(v) for k, v in batch.items()}, batch_shard)
+        batch = {k: np.asarray(v) for k, v in batch.items()}
+        if check is not None:  # ids past a table would be clamped silently on the device
+            check(batch, cfg.model)
+        return jax.device_put(batch, batch_shard)
 
     it, eval_batches = _data(cfg, tokenizer, examples)
     mngr = ckpt.checkpoint_manager(cfg.run_dir, max_to_keep=cfg.keep_checkpoints)

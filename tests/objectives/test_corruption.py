@@ -116,7 +116,7 @@ def test_word_starts_from_pieces():
     [
         {"mask_prob": 0.0},
         {"mask_prob": 1.5},
-        {"mask_id": VOCAB},
+        {"mask_id": -1},
         {"random_prob": 0.6, "keep_prob": 0.6},
         {"valid": np.ones((2, 3))},
     ],
