@@ -202,7 +202,8 @@ def generate_text(
     """Encodes ``prompt``, generates, and decodes the continuation (stopping at EOS).
 
     For a seq2seq model the prompt is the encoder input (with EOS appended) and the result is
-    the decoder's output. ``num_beams > 1`` decodes with :func:`llmzoo.generate.beam.beam_search`
+    the decoder's output; ids past the tokenizer's vocabulary (sentinels) are dropped from the
+    text. ``num_beams > 1`` decodes with :func:`llmzoo.generate.beam.beam_search`
     (``length_penalty``, ``early_stopping``); otherwise ``kwargs`` go to :func:`generate`
     (temperature, top_k, top_p, seed).
     """
@@ -238,4 +239,5 @@ def generate_text(
         )
     if eos >= 0 and eos in new and (stops or num_beams > 1):
         new = new[: new.index(eos)]
-    return tokenizer.decode(new)
+    # Ids past the tokenizer's vocabulary (T5 sentinels, a reserved mask id) have no text.
+    return tokenizer.decode([t for t in new if 0 <= t < tokenizer.vocab_size])

@@ -55,11 +55,12 @@ def train_step(
         )
         return jax.tree.map(jnp.add, acc, (grads, loss, count, sums)), None
 
-    shapes = jax.eval_shape(
+    # The accumulator: zeros shaped like (grads, loss_sum, count, metric sums).
+    loss_sum, (count, sums) = jax.eval_shape(
         lambda: _loss(state.params, jax.tree.map(lambda x: x[0], micro), rng, objective, cfg)
     )
     zeros = jax.tree.map(
-        lambda s: jnp.zeros(s.shape, s.dtype), (state.params, shapes[0], shapes[1][0], shapes[1][1])
+        lambda s: jnp.zeros(s.shape, s.dtype), (state.params, loss_sum, count, sums)
     )
     (grads, loss_sum, count, sums), _ = jax.lax.scan(
         accumulate, zeros, (micro, jnp.arange(grad_accum))

@@ -53,7 +53,7 @@ def test_generate_text_with_beams_equals_beam_search():
     params = _params(cfg)
 
     class Tok:  # ids 10.. spell characters; 3 is EOS
-        eos_id, bos_id = 3, -1
+        eos_id, bos_id, vocab_size = 3, -1, 512
 
         def encode(self, text):
             return [10 + ord(c) % 200 for c in text]

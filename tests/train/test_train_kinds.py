@@ -90,6 +90,17 @@ def test_trains_and_resumes_bit_exactly(name, data_dir, tmp_path, capsys):
     assert "resumed from step 3" in capsys.readouterr().out
     assert _losses(tmp_path / "resumed") == straight  # exact float equality, every step
 
+    # llmzoo eval reports the objective's own metrics, on the same examples as training
+    assert main(["eval", "--run", str(tmp_path / "resumed")]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["objective"] == KINDS[name][0].split("=")[1] and result["step"] == 6
+    assert result["loss"] == pytest.approx(evals[-1]["val_loss"], rel=1e-5)
+    assert 0.0 <= result["accuracy"] <= 1.0
+    if name.startswith("seq2seq"):  # greedy and beam decoding from the trained run
+        for extra in ([], ["--num-beams", "3"]):
+            run = ["generate", "--run", str(tmp_path / "resumed"), "--prompt", "The "]
+            assert main([*run, "--max-new-tokens", "4", *extra]) == 0
+
 
 @pytest.mark.slow
 def test_mlm_beats_the_majority_baseline(data_dir, tmp_path, capsys):
