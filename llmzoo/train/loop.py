@@ -69,7 +69,7 @@ def resolve_init_from(cfg: TrainConfig) -> TrainConfig:
 
 def prepare_tokenizer(cfg: TrainConfig, log=print):
     """Loads the configured tokenizer, training it on the dataset first if it is missing."""
-    from llmzoo.data import Tokenizer, iter_texts, train_tokenizer
+    from llmzoo.data import iter_texts, train_tokenizer
 
     d = cfg.data
     if os.path.exists(d.tokenizer) or not d.train_tokenizer:
@@ -81,7 +81,7 @@ def prepare_tokenizer(cfg: TrainConfig, log=print):
     texts = iter_texts(d.dataset, d.train_split, data_dir=d.data_dir, text_key=d.text_key)
     train_tokenizer(texts, prefix, vocab_size=d.vocab_size, model_type=d.tokenizer_type)
     log(f"tokenizer written to {prefix}.model in {time.time() - t0:.1f}s")
-    return Tokenizer.load(prefix + ".model")
+    return load_tokenizer(prefix + ".model")
 
 
 def evaluate(eval_fn, params, batches, put) -> dict:
