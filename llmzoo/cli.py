@@ -173,7 +173,7 @@ def _cmd_convert(args) -> int:
     from llmzoo.hf.convert import convert_from_hf, convert_to_hf
 
     if args.from_hf and args.out:
-        convert_from_hf(args.from_hf, args.out)
+        convert_from_hf(args.from_hf, args.out, force=args.force)
         print(f"converted {args.from_hf} -> {args.out}")
     elif args.run and args.to_hf:
         convert_to_hf(args.run, args.to_hf)
@@ -188,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmzoo", description="llmzoo: language models as pure JAX functions."
     )
+    p.add_argument("--debug", action="store_true", help="show tracebacks (also LLMZOO_DEBUG=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     t = sub.add_parser(
@@ -287,13 +288,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="the run directory to write")
     c.add_argument("--run", help="an llmzoo run directory")
     c.add_argument("--to-hf", help="the Hugging Face directory to write")
+    c.add_argument("--force", action="store_true", help="replace a non-empty --out run directory")
     c.set_defaults(fn=_cmd_convert)
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, OSError) and e.strerror:  # permission denied, disk full ...
+        where = f" ({e.filename})" if e.filename else ""
+        text = f"{e.strerror}{where}; check the path, its permissions and the free space"
+    return f"error: {text}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``llmzoo`` command."""
+    """Entry point of the ``llmzoo`` command.
+
+    Expected failures print one ``error: ...`` line and exit 2; ``--debug`` (or
+    ``LLMZOO_DEBUG=1``) shows the traceback instead.
+    """
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("LLMZOO_DEBUG", "") not in ("", "0")
     warnings.simplefilter("default", UserWarning)
     if args.command in ("train", "eval", "data", "tokenizer"):
         import tensorflow_datasets as tfds
@@ -301,8 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         tfds.disable_progress_bar()  # keep the log to our own progress bar
     try:
         return args.fn(args)
-    except LlmzooError as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+    except (LlmzooError, OSError) as e:
+        if debug:
+            raise
+        print(_one_line(e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

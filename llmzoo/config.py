@@ -11,7 +11,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -78,6 +78,8 @@ class ModelConfig:
         remat: rematerialise each block in the backward pass.
     """
 
+    FAMILIES: ClassVar[tuple[str, ...]] = ()  # the kind's families; set by each subclass
+
     kind: str = ""
     family: str = ""
     vocab_size: int = 50257
@@ -93,6 +95,11 @@ class ModelConfig:
             raise ConfigError(
                 f"model.kind={self.kind!r} does not match {type(self).__name__} (kind {own!r}); "
                 "select the kind through the config loader's model.kind"
+            )
+        if self.FAMILIES and self.family not in self.FAMILIES:
+            raise ConfigError(
+                f"model.family={self.family!r} is not a family of model.kind={self.kind!r}; use "
+                f"one of {', '.join(self.FAMILIES)} (or another model.kind)"
             )
         check_range("model.vocab_size", self.vocab_size, lo=1)
         check_range("model.max_seq_len", self.max_seq_len, lo=1)
@@ -123,6 +130,68 @@ def check_range(
         raise ConfigError(f"{name}={value!r} is out of range; use a value {want}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric field: ``[lo, hi]``, either bound open or absent."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+
+_OPEN_UNIT = Range(0.0, 1.0, lo_open=True, hi_open=True)
+_POSITIVE = Range(0.0, lo_open=True)
+
+# The rules of the training configs, in one place: dotted key -> allowed range or choices.
+# Cross-field rules (warmup <= steps, batch divisible by grad_accum ...) are in
+# TrainConfig.__post_init__; each model kind's config checks its own fields.
+RULES: dict[str, Range | tuple[str, ...]] = {
+    "data.vocab_size": Range(lo=16),
+    "data.tokenizer_type": ("bpe", "unigram"),
+    "optim.lr": _POSITIVE,
+    "optim.min_lr_ratio": Range(0.0, 1.0),
+    "optim.warmup_steps": Range(lo=0),
+    "optim.b1": Range(0.0, 1.0, hi_open=True),
+    "optim.b2": Range(0.0, 1.0, hi_open=True),
+    "optim.eps": _POSITIVE,
+    "optim.weight_decay": Range(lo=0.0),
+    "optim.clip_norm": _POSITIVE,
+    "objective.mask_prob": _OPEN_UNIT,
+    "objective.noise_density": _OPEN_UNIT,
+    "objective.mask_ratio": _OPEN_UNIT,
+    "objective.mean_span_length": Range(lo=1.0),
+    "objective.poisson_lambda": _POSITIVE,
+    **{
+        key: Range(lo=1)
+        for key in ("steps", "batch_size", "grad_accum", "seq_len", "eval_every", "eval_batches")
+    },
+    **{
+        key: Range(lo=1) for key in ("ckpt_every", "keep_checkpoints", "log_every", "sample_tokens")
+    },
+    **{key: Range(lo=-1) for key in ("mesh_data", "mesh_fsdp", "mesh_tensor")},
+    "seed": Range(lo=0),
+    "on_nan": ("stop", "skip_step"),
+}
+
+
+def check_rules(cfg, prefix: str = "") -> None:
+    """Checks every field of ``cfg`` named in :data:`RULES` (under ``prefix``).
+
+    Raises:
+        ConfigError: naming the first key whose value breaks its rule, and the allowed values.
+    """
+    for field in dataclasses.fields(cfg):
+        name = f"{prefix}{field.name}"
+        rule, value = RULES.get(name), getattr(cfg, field.name)
+        if isinstance(rule, Range):
+            check_range(
+                name, value, lo=rule.lo, hi=rule.hi, lo_open=rule.lo_open, hi_open=rule.hi_open
+            )
+        elif rule is not None and value not in rule:
+            raise ConfigError(f"{name}={value!r} is unknown; use one of {', '.join(rule)}")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
     """Where training text comes from and how it is tokenized.
@@ -149,6 +218,9 @@ class DataConfig:
     vocab_size: int = 2048
     tokenizer_type: str = "bpe"
 
+    def __post_init__(self):
+        check_rules(self, "data.")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OptimConfig:
@@ -165,6 +237,9 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     clip_norm: float = 1.0
+
+    def __post_init__(self):
+        check_rules(self, "optim.")
 
 
 OBJECTIVES = ("causal_lm", "mlm", "span_corruption", "denoising")
@@ -201,12 +276,7 @@ class ObjectiveConfig:
             raise ConfigError(
                 f"objective.name={self.name!r} is unknown; use one of {', '.join(OBJECTIVES)}"
             )
-        for key in ("mask_prob", "noise_density", "mask_ratio"):
-            check_range(
-                f"objective.{key}", getattr(self, key), lo=0.0, hi=1.0, lo_open=True, hi_open=True
-            )
-        check_range("objective.mean_span_length", self.mean_span_length, lo=1.0)
-        check_range("objective.poisson_lambda", self.poisson_lambda, lo=0.0, lo_open=True)
+        check_rules(self, "objective.")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -228,6 +298,9 @@ class TrainConfig:
         mesh_data, mesh_fsdp, mesh_tensor: device mesh shape (-1 = the rest).
         init_from: a run directory (or converted checkpoint) whose params initialise training.
         sample_prompt, sample_tokens: the sample printed at the end of training.
+        on_nan: on a non-finite loss or gradient norm, ``stop`` (raise, naming the step; no
+            checkpoint of non-finite params is ever written) or ``skip_step`` (leave params and
+            optimizer state unchanged for that step and count it in the metrics).
     """
 
     model: ModelConfig
@@ -251,20 +324,18 @@ class TrainConfig:
     init_from: str | None = None
     sample_prompt: str = "The "
     sample_tokens: int = 64
+    on_nan: str = "stop"
 
     def __post_init__(self):
-        for key in (
-            "steps",
-            "batch_size",
-            "grad_accum",
-            "seq_len",
-            "eval_every",
-            "eval_batches",
-            "ckpt_every",
-            "keep_checkpoints",
-            "log_every",
-        ):
-            check_range(key, getattr(self, key), lo=1)
+        check_rules(self)
+        for key in ("mesh_data", "mesh_fsdp", "mesh_tensor"):
+            if getattr(self, key) == 0:
+                raise ConfigError(f"{key}=0; use a positive axis size, or -1 for the rest")
+        if self.optim.warmup_steps > self.steps:
+            raise ConfigError(
+                f"optim.warmup_steps={self.optim.warmup_steps} exceeds steps={self.steps}; "
+                "lower the warmup or train longer"
+            )
         if self.batch_size % self.grad_accum:
             raise ConfigError(
                 f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}"
@@ -405,13 +476,26 @@ def parse_cli_overrides(items: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. model.d_model=256)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(_yaml_message(f"override {item!r}", e)) from None
         node = out
         *parents, last = key.strip().split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[last] = value
     return out
+
+
+def _yaml_message(where: str, e: yaml.YAMLError) -> str:
+    """One line for a YAML error: where, line and column, and what is wrong."""
+    mark = getattr(e, "problem_mark", None)
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    if isinstance(e, yaml.constructor.ConstructorError) and "tag" in str(problem):
+        return f"{where}{at}: YAML tags are not allowed ({problem}); write plain values"
+    return f"{where} is not valid YAML{at}: {problem}; fix the syntax"
 
 
 def load_yaml(path: str) -> dict:
@@ -421,6 +505,8 @@ def load_yaml(path: str) -> dict:
             data = yaml.safe_load(f) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path!r} not found; see configs/ for examples") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(_yaml_message(f"config file {path!r}", e)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path!r} must hold a mapping at the top level")
     return data

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from typing import Any
@@ -25,7 +26,7 @@ import yaml
 
 from llmzoo.config import TrainConfig, to_dict
 from llmzoo.errors import CheckpointError
-from llmzoo.hf.tokenizer import find_tokenizer_file, load_tokenizer
+from llmzoo.hf.tokenizer import TOKENIZER_FILES, find_tokenizer_file, load_tokenizer
 from llmzoo.models import registry
 from llmzoo.params import abstract_params as spec_shapes
 from llmzoo.presets import train_config_from_dict
@@ -156,11 +157,15 @@ def read_tokenizer(run_dir: str):
 
 
 def copy_tokenizer(src: str, run_dir: str) -> str:
-    """Copies a tokenizer file (``.model`` or ``tokenizer.json``) into the run directory."""
+    """Copies a tokenizer file (``.model`` or ``tokenizer.json``) into the run directory, removing
+    any tokenizer file of the other format: a run directory never holds two tokenizers."""
     name = "tokenizer.json" if src.endswith(".json") else "tokenizer.model"
     dest = os.path.join(run_dir, name)
     if os.path.abspath(src) != os.path.abspath(dest):
         shutil.copyfile(src, dest)
+    for other in TOKENIZER_FILES:
+        if other != name and os.path.exists(os.path.join(run_dir, other)):
+            os.remove(os.path.join(run_dir, other))
     return dest
 
 
@@ -202,17 +207,68 @@ def _abstract_params(specs, shardings=None):
     )
 
 
-def write_run(run_dir: str, cfg: TrainConfig, params, tokenizer_src: str | None = None) -> None:
-    """Writes a params-only run directory (e.g. a converted checkpoint) at step 0."""
-    write_config(run_dir, cfg)
-    if tokenizer_src:
-        copy_tokenizer(tokenizer_src, run_dir)
-    mngr = checkpoint_manager(run_dir, async_save=False)
+def check_empty(run_dir: str, *, force: bool = False) -> None:
+    """Raises unless ``run_dir`` is absent or empty (or ``force`` allows replacing it).
+
+    Raises:
+        CheckpointError: naming the directory and the ``--force`` fix.
+    """
+    if os.path.isdir(run_dir) and os.listdir(run_dir) and not force:
+        raise CheckpointError(
+            f"{run_dir!r} is not empty (it may hold a trained run); write to a new directory or "
+            "pass --force to replace it"
+        )
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise CheckpointError(f"{run_dir!r} is a file, not a directory; choose another path")
+
+
+def write_run(
+    run_dir: str,
+    cfg: TrainConfig,
+    params,
+    tokenizer_src: str | None = None,
+    *,
+    force: bool = False,
+    extra_files: tuple[str, ...] = (),
+) -> None:
+    """Writes a params-only run directory (e.g. a converted checkpoint) at step 0.
+
+    The run is written into a temporary sibling directory and moved into place only when
+    complete, so a failure leaves nothing half-written.
+
+    Args:
+        run_dir: the directory to create.
+        cfg: the run's config.
+        params: the params tree.
+        tokenizer_src: a tokenizer file to copy in.
+        force: replace an existing non-empty ``run_dir`` (otherwise an error).
+        extra_files: further files to copy in (e.g. a tokenizer's side files).
+
+    Raises:
+        CheckpointError: ``run_dir`` exists and is not empty, and ``force`` is not set.
+    """
+    check_empty(run_dir, force=force)
+    parent = os.path.dirname(os.path.abspath(run_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".converting-", dir=parent)
     try:
-        save(mngr, 0, params, None, {"step": 0, "source": "converted"})
-        mngr.wait_until_finished()
+        write_config(tmp, cfg)
+        if tokenizer_src:
+            copy_tokenizer(tokenizer_src, tmp)
+        for src in extra_files:
+            shutil.copyfile(src, os.path.join(tmp, os.path.basename(src)))
+        mngr = checkpoint_manager(tmp, async_save=False)
+        try:
+            save(mngr, 0, params, None, {"step": 0, "source": "converted"})
+            mngr.wait_until_finished()
+        finally:
+            mngr.close()
+        if os.path.exists(run_dir):
+            shutil.rmtree(run_dir)
+        os.replace(tmp, run_dir)
     finally:
-        mngr.close()
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
 
 
 def read_run(run_dir: str) -> tuple[TrainConfig, Any, str | None]:

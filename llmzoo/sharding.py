@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+from llmzoo.errors import ConfigError
 from llmzoo.params import is_spec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -47,16 +48,22 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> j
     devices = list(devices if devices is not None else jax.devices())
     shape = [data, fsdp, tensor]
     if shape.count(-1) > 1:
-        raise ValueError(f"mesh shape {shape}: at most one axis may be -1")
+        raise ConfigError(
+            f"mesh_data={data}, mesh_fsdp={fsdp}, mesh_tensor={tensor}: at most one may be -1"
+        )
     known = int(np.prod([s for s in shape if s != -1]))
     if -1 in shape:
         if len(devices) % known:
-            raise ValueError(f"mesh shape {shape} does not divide {len(devices)} devices")
+            raise ConfigError(
+                f"mesh_data={data} x mesh_fsdp={fsdp} x mesh_tensor={tensor} does not divide the "
+                f"{len(devices)} devices; choose sizes whose product divides {len(devices)}"
+            )
         shape[shape.index(-1)] = len(devices) // known
     if int(np.prod(shape)) != len(devices):
-        raise ValueError(
-            f"mesh shape data={shape[0]} fsdp={shape[1]} tensor={shape[2]} needs "
-            f"{int(np.prod(shape))} devices but {len(devices)} are available"
+        raise ConfigError(
+            f"mesh_data={shape[0]} x mesh_fsdp={shape[1]} x mesh_tensor={shape[2]} needs "
+            f"{int(np.prod(shape))} devices but this machine has {len(devices)}; use sizes whose "
+            f"product is {len(devices)} (mesh_data=-1 takes the rest)"
         )
     return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 

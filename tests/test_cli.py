@@ -56,6 +56,14 @@ def test_help_is_useful(command, capsys):
         (["objective.name=mlm"], "trains model kinds encoder, not model.kind='decoder'"),
         (["objective.name=span"], "objective.name='span' is unknown"),
         (["objective.noise_density=0"], "objective.noise_density=0.0 is out of range"),
+        (["steps=-5"], "steps=-5 is out of range; use a value in [1, inf)"),
+        (["optim.lr=-1"], "optim.lr=-1.0 is out of range"),
+        (["model.dropout=1.5"], "model.dropout=1.5 is out of range"),
+        (["optim.warmup_steps=700"], "optim.warmup_steps=700 exceeds steps=600"),
+        (["model.family=bert"], "model.family='bert' is not a family of model.kind='decoder'"),
+        (["mesh_data=3"], "mesh_data=3 x mesh_fsdp=1 x mesh_tensor=1 needs 3 devices but this"),
+        (["steps=[1"], "override 'steps=[1' is not valid YAML at line 1, column 3"),
+        (["data.tokenizer_type=wordpiece"], "data.tokenizer_type='wordpiece' is unknown"),
     ],
 )
 def test_bad_config_is_one_line(overrides, expected, capsys, tmp_path):
@@ -154,3 +162,26 @@ def test_generate_on_an_encoder_run_is_one_line(capsys, tmp_path):
     line = one_error_line(capsys)
     assert "model.kind='encoder'" in line and "llmzoo embed" in line
     assert tree_digest(tmp_path / "run") == before
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("a: [1\n", "is not valid YAML at line 2, column 1"),
+        ('steps: !!python/object/apply:os.system ["echo hi"]\n', "YAML tags are not allowed"),
+    ],
+)
+def test_bad_yaml_file_is_one_line(text, expected, capsys, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["train", "--config", str(path), f"run_dir={tmp_path}/run"]) == 2
+    line = one_error_line(capsys)
+    assert str(path) in line and expected in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from llmzoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="steps=-5"):
+        main(["--debug", "train", "steps=-5", f"run_dir={tmp_path}/run"])

@@ -5,7 +5,10 @@ import dataclasses
 import pytest
 
 from llmzoo.config import (
+    RULES,
     ObjectiveConfig,
+    OptimConfig,
+    Range,
     RopeScaling,
     TrainConfig,
     apply_overrides,
@@ -23,7 +26,7 @@ from llmzoo.presets import (
     train_config_from_dict,
 )
 
-BASE = TrainConfig(model=ModelConfig())
+BASE = TrainConfig(model=ModelConfig(), optim=OptimConfig(warmup_steps=5))
 
 
 def test_unknown_key_names_it():
@@ -205,7 +208,7 @@ def test_objective_config_validated():
 
 def test_resolve_yaml_then_cli(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("preset: tiny\nsteps: 5\nmodel:\n  n_layers: 2\n")
+    path.write_text("preset: tiny\nsteps: 5\noptim:\n  warmup_steps: 5\nmodel:\n  n_layers: 2\n")
     cfg = resolve_train_config(str(path), ["steps=9", "model.d_model=96"])
     tiny = get_train_preset("tiny")
     assert cfg.steps == 9 and cfg.model.n_layers == 2 and cfg.model.d_model == 96
@@ -232,3 +235,49 @@ def test_to_dict_from_dict_round_trip():
         },
     )
     assert train_config_from_dict(to_dict(cfg)) == cfg
+
+
+def _nonsense(rule):
+    """A value just outside ``rule`` (a Range or a tuple of choices)."""
+    if isinstance(rule, tuple):
+        return "no-such-choice"
+    if rule.lo is not None:
+        return rule.lo if rule.lo_open else rule.lo - 1
+    return rule.hi if rule.hi_open else rule.hi + 1
+
+
+@pytest.mark.parametrize("key", sorted(RULES))
+def test_every_rule_rejects_a_nonsensical_value(key):
+    """Walks the rules table: a value outside each rule is a ConfigError naming the key."""
+    rule = RULES[key]
+    value = _nonsense(rule)
+    section, _, field = key.rpartition(".")
+    overrides = {section: {field: value}} if section else {field: value}
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(BASE, overrides)
+    assert f"{key}=" in str(e.value) and (
+        "out of range" in str(e.value) or "use one of" in str(e.value)
+    )
+
+
+def test_every_numeric_training_field_has_a_rule():
+    import typing
+
+    for prefix, cfg in (
+        ("", BASE),
+        ("optim.", BASE.optim),
+        ("data.", BASE.data),
+        ("objective.", BASE.objective),
+    ):
+        hints = typing.get_type_hints(type(cfg))
+        for f in dataclasses.fields(cfg):
+            if hints[f.name] in (int, float):
+                assert f"{prefix}{f.name}" in RULES, f"{prefix}{f.name} has no rule"
+
+
+def test_cross_field_rules():
+    with pytest.raises(ConfigError, match=r"optim.warmup_steps=50 exceeds steps=10"):
+        apply_overrides(BASE, {"steps": 10, "optim": {"warmup_steps": 50}})
+    with pytest.raises(ConfigError, match=r"mesh_data=0; use a positive axis size"):
+        apply_overrides(BASE, {"mesh_data": 0})
+    assert isinstance(RULES["optim.lr"], Range)

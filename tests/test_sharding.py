@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
+from llmzoo.errors import ConfigError
 from llmzoo.models import decoder
 from llmzoo.params import ParamSpec, init_params
 from llmzoo.presets import get_model_preset
@@ -46,13 +47,13 @@ def test_make_mesh_shapes():
     "kwargs,match",
     [
         (dict(data=-1, fsdp=-1), "at most one"),
-        (dict(data=3, fsdp=-1), "does not divide 8"),
-        (dict(data=2, fsdp=2, tensor=1), "needs 4 devices but 8"),
+        (dict(data=3, fsdp=-1), "does not divide the 8 devices"),
+        (dict(data=2, fsdp=2, tensor=1), "needs 4 devices but this machine has 8"),
         (dict(data=4, fsdp=4), "needs 16 devices"),
     ],
 )
 def test_make_mesh_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):  # a ConfigError: one line from the CLI
         make_mesh(**kwargs)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from llmzoo.config import ModelConfig
 from llmzoo.errors import GenerationError
 from llmzoo.generate.beam import beam_search
-from llmzoo.generate.sampling import sample
+from llmzoo.generate.sampling import check_sampling, sample
 from llmzoo.models import registry
 
 
@@ -85,10 +85,22 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarra
     return tokens, positions
 
 
+def _check_token_ids(rows: list[list[int]], cfg, what: str) -> None:
+    """Raises GenerationError for the first id of ``rows`` outside ``[0, cfg.vocab_size)``."""
+    v = cfg.vocab_size
+    bad = next((t for row in rows for t in row if not 0 <= t < v), None)
+    if bad is not None:
+        raise GenerationError(
+            f"{what} token id {bad} is outside the vocabulary [0, {v}); encode with the "
+            f"tokenizer the model was trained with, or give ids below model.vocab_size={v}"
+        )
+
+
 def _encoder_batch(inputs: list[list[int]], cfg, pad_id: int) -> dict:
     """Right-padded encoder inputs ``[B, S]`` with their mask."""
     if not inputs or any(len(x) == 0 for x in inputs):
         raise GenerationError("empty input; give at least one token per input")
+    _check_token_ids(inputs, cfg, "input")
     longest = max(len(x) for x in inputs)
     limit = cfg.position_limit
     if limit is not None and longest > limit:
@@ -136,8 +148,9 @@ def generate(
         B lists of new token ids (without the prompt), each cut after its first stop token.
 
     Raises:
-        GenerationError: the kind cannot generate, a prompt is empty, or prompt +
-            max_new_tokens exceeds the context.
+        GenerationError: the kind cannot generate, a prompt is empty or holds an id outside
+            the vocabulary, prompt + max_new_tokens exceeds the context, or a sampler argument
+            is out of range (see :func:`llmzoo.generate.sampling.check_sampling`).
     """
     if not registry.can_generate(cfg.kind):
         raise GenerationError(
@@ -146,6 +159,7 @@ def generate(
         )
     if max_new_tokens < 1:
         raise GenerationError(f"max_new_tokens={max_new_tokens}; ask for at least 1 token")
+    check_sampling(temperature, top_k, top_p)
     batch = {}
     if cfg.kind == "seq2seq" or inputs is not None:
         if inputs is None:
@@ -154,6 +168,7 @@ def generate(
         prompts = prompts or [[cfg.decoder_start_id] for _ in inputs]
     if not prompts or any(len(p) == 0 for p in prompts):
         raise GenerationError("empty prompt; give at least one token per prompt")
+    _check_token_ids(prompts, cfg, "prompt")
     longest = max(len(p) for p in prompts)
     if longest + max_new_tokens > cfg.max_seq_len:
         raise GenerationError(
@@ -206,7 +221,17 @@ def generate_text(
     text. ``num_beams > 1`` decodes with :func:`llmzoo.generate.beam.beam_search`
     (``length_penalty``, ``early_stopping``); otherwise ``kwargs`` go to :func:`generate`
     (temperature, top_k, top_p, seed).
+
+    Raises:
+        GenerationError: as :func:`generate`, or ``num_beams < 1``; the sampler arguments and
+            token ids are checked for beam search too.
     """
+    if num_beams < 1:
+        raise GenerationError(
+            f"num_beams={num_beams} is below 1; use 1 for sampling or greedy decoding, or K > 1 "
+            "beams for beam search"
+        )
+    check_sampling(**{k: v for k, v in kwargs.items() if k in ("temperature", "top_k", "top_p")})
     ids = tokenizer.encode(prompt)
     eos = getattr(tokenizer, "eos_id", -1)
     if not ids:
@@ -215,6 +240,8 @@ def generate_text(
     inputs = [ids + ([eos] if eos >= 0 else [])] if cfg.kind == "seq2seq" else None
     prompts = None if inputs else [ids]
     if num_beams > 1:
+        if prompts:
+            _check_token_ids(prompts, cfg, "prompt")
         batch = _encoder_batch(inputs, cfg, 0) if inputs else {"tokens": np.asarray(prompts)}
         (new,) = beam_search(
             params,

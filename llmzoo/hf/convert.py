@@ -12,19 +12,29 @@ import os
 from llmzoo.hf import checkpoint as hf_checkpoint
 from llmzoo.hf.tokenizer import find_tokenizer_file, load_tokenizer
 from llmzoo.presets import train_config_for
-from llmzoo.run_dir import read_run, write_run
+from llmzoo.run_dir import check_empty, read_run, write_run
 
 
-def convert_from_hf(hf_dir: str, run_dir: str) -> str:
+def convert_from_hf(hf_dir: str, run_dir: str, *, force: bool = False) -> str:
     """Converts a Hugging Face checkpoint directory into an llmzoo run directory.
 
     The run's ``config.yaml`` is the ``tiny`` training preset with the checkpoint's model config
     and its kind's default objective (``run_dir`` set; ``data.tokenizer`` is the copied tokenizer
-    when the checkpoint has one).
+    when the checkpoint has one). The run is written whole or not at all.
+
+    Args:
+        hf_dir: the Hugging Face checkpoint directory.
+        run_dir: the run directory to create; it must be absent or empty unless ``force``.
+        force: replace an existing run directory.
 
     Returns:
         ``run_dir``.
+
+    Raises:
+        CheckpointError: ``run_dir`` is not empty and ``force`` is not set (checked before
+            anything is read or written), or the checkpoint cannot be read.
     """
+    check_empty(run_dir, force=force)
     model_cfg, params = hf_checkpoint.load(hf_dir)
     base = train_config_for(model_cfg)
     data = base.data
@@ -38,20 +48,22 @@ def convert_from_hf(hf_dir: str, run_dir: str) -> str:
             vocab_size=model_cfg.vocab_size,
         )
     train_cfg = dataclasses.replace(base, data=data, run_dir=run_dir, init_from=None)
-    write_run(run_dir, train_cfg, params, tokenizer_src=tok_src)
-    if tok_src is not None:
-        _copy_tokenizer_metadata(hf_dir, run_dir)
+    sides = _tokenizer_side_files(hf_dir) if tok_src is not None else ()
+    write_run(run_dir, train_cfg, params, tokenizer_src=tok_src, force=force, extra_files=sides)
     return run_dir
 
 
-def _copy_tokenizer_metadata(hf_dir: str, run_dir: str) -> None:
+def _tokenizer_side_files(folder: str) -> tuple[str, ...]:
     """``tokenizer.json``'s special tokens live in these side files; keep them with it."""
+    names = ("tokenizer_config.json", "special_tokens_map.json")
+    return tuple(os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n)))
+
+
+def _copy_tokenizer_metadata(src_dir: str, dest_dir: str) -> None:
     import shutil
 
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        src = os.path.join(hf_dir, name)
-        if os.path.isfile(src):
-            shutil.copyfile(src, os.path.join(run_dir, name))
+    for src in _tokenizer_side_files(src_dir):
+        shutil.copyfile(src, os.path.join(dest_dir, os.path.basename(src)))
 
 
 def convert_to_hf(run_dir: str, hf_dir: str, *, dtype=None) -> str:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from llmzoo.config import ModelConfig, RopeScaling, check_range
-from llmzoo.errors import ConfigError
+from llmzoo.errors import ConfigError, DataError
 from llmzoo.layers import attention as attn_lib
 from llmzoo.layers import positional
 from llmzoo.layers.mlp import mlp, mlp_specs
@@ -64,6 +64,8 @@ class DecoderConfig(ModelConfig):
         attn_scale: logit scale override (default H ** -0.5).
         init_std: init std; output projections use ``init_std / sqrt(2 L)`` (GPT-2).
     """
+
+    FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "gpt_neox")
 
     kind: str = "decoder"
     family: str = "gpt2"
@@ -242,6 +244,17 @@ def _alibi(cfg, q_pos, k_pos):
     return positional.alibi_bias(positional.alibi_slopes(cfg.n_heads), q_pos, k_pos)
 
 
+def _check_length(length: int, cfg: DecoderConfig, what: str, fix: str) -> None:
+    """Raises DataError when ``length`` (static: a shape, known at trace time) exceeds the
+    learned position table, whose lookup would otherwise clamp silently."""
+    limit = cfg.position_limit
+    if limit is not None and length > limit:
+        raise DataError(
+            f"{what} of {length} tokens exceeds the {limit} learned positions "
+            f"(model.max_seq_len={limit}); {fix} to at most {limit} tokens"
+        )
+
+
 def apply(
     params: dict,
     batch: dict,
@@ -264,9 +277,13 @@ def apply(
 
     Returns:
         ``{'logits': [B, T, V] float32}``, plus ``'hidden': [L, B, T, D]`` if ``return_hidden``.
+
+    Raises:
+        DataError: learned positions and T > ``cfg.max_seq_len``.
     """
     tokens = batch["tokens"]
     b, t = tokens.shape
+    _check_length(t, cfg, "a sequence", "cut it")
     positions = batch.get("positions")
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -308,8 +325,12 @@ def init_cache(params: dict, batch: dict, *, cfg: DecoderConfig, max_len: int, d
 
     Returns:
         ``{'k', 'v': [L, B, S, K, H], 'pos': [B, S] int32 (-1 = empty), 'index': int32 scalar}``.
+
+    Raises:
+        DataError: learned positions and S > ``cfg.max_seq_len``.
     """
     del params
+    _check_length(max_len, cfg, "a KV cache", "limit prompt + max_new_tokens")
     dtype = jnp.dtype(dtype or cfg.dtype)
     b = batch["tokens"].shape[0]
     shape = (cfg.n_layers, b, max_len, cfg.kv_heads, cfg.dim_per_head)

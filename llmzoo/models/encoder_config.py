@@ -56,6 +56,8 @@ class EncoderConfig(ModelConfig):
         mlm_activation: the activation of the MLM head's transform (RoBERTa: always ``gelu``).
     """
 
+    FAMILIES = ("bert", "roberta", "albert", "deberta_v2")
+
     kind: str = "encoder"
     family: str = "bert"
     vocab_size: int = 30522

@@ -53,6 +53,8 @@ class Seq2SeqConfig(ModelConfig):
         decoder_start_id: the first decoder input (T5: the pad id 0; BART: the eos id 2).
     """
 
+    FAMILIES = ("t5", "bart")
+
     kind: str = "seq2seq"
     family: str = "t5"
     vocab_size: int = 32128

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -16,15 +17,15 @@ from tqdm.auto import tqdm
 from llmzoo import run_dir as ckpt
 from llmzoo import sharding
 from llmzoo.config import TrainConfig, to_dict
-from llmzoo.errors import ConfigError
+from llmzoo.errors import ConfigError, LlmzooError
 from llmzoo.hf.tokenizer import load_tokenizer
 from llmzoo.models import registry
 from llmzoo.objectives import registry as objectives
 from llmzoo.objectives.examples import make_examples
 from llmzoo.params import flatten, init_params
-from llmzoo.train.metrics import MetricsWriter
+from llmzoo.train.metrics import MetricsWriter, read_metrics
 from llmzoo.train.optimizer import lr_schedule, make_optimizer
-from llmzoo.train.step import TrainState, make_steps
+from llmzoo.train.step import TrainState, all_finite, make_steps
 
 # Keys that may change between a run and its resumption; anything else must match.
 RESUMABLE_CHANGES = {
@@ -51,6 +52,12 @@ def _check_resume_config(run_dir: str, cfg: TrainConfig) -> None:
                 f"run_dir {run_dir!r} holds a run with {key}={old.get(key)!r}, not "
                 f"{new.get(key)!r}; use a new run_dir or the run's own config"
             )
+    if old.get("steps") != new.get("steps"):
+        warnings.warn(
+            f"resuming {run_dir!r} with steps={new.get('steps')} (it was {old.get('steps')}): the "
+            "learning-rate schedule's cosine decay now ends at the new step count",
+            stacklevel=2,
+        )
 
 
 def resolve_init_from(cfg: TrainConfig) -> TrainConfig:
@@ -225,7 +232,8 @@ def _restore(mngr, state: TrainState, it, log, run_dir) -> tuple[TrainState, int
 
 def _log_record(m: dict, done: int, schedule, tokens_per_s: float) -> dict:
     rec = {"step": done, "loss": float(m["loss"]), "ppl": math.exp(min(float(m["loss"]), 50))}
-    rec |= {k: float(v) for k, v in m.items() if k not in ("loss", "tokens", "grad_norm")}
+    per_step_only = ("loss", "tokens", "grad_norm", "finite", "skipped")
+    rec |= {k: float(v) for k, v in m.items() if k not in per_step_only}
     rec |= {
         "lr": float(schedule(done - 1)),
         "grad_norm": float(m["grad_norm"]),
@@ -256,8 +264,8 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True
     cfg = resolve_init_from(cfg)
     objective = objectives.for_config(cfg)
     _check_resume_config(cfg.run_dir, cfg)
+    mesh = sharding.make_mesh(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor)  # before any work
     tokenizer = prepare_tokenizer(cfg, log)
-    mesh = sharding.make_mesh(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor)
     _check_fits(cfg, tokenizer, mesh)
     examples = make_examples(cfg, tokenizer)
 
@@ -284,26 +292,28 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True
     ckpt.copy_tokenizer(tokenizer.path, cfg.run_dir)
     writer = MetricsWriter(cfg.run_dir, resume_step=start)
     last = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
-    with jax.set_mesh(mesh):
-        state, result = _loop(
-            cfg,
-            state,
-            it,
-            train_fn,
-            eval_fn,
-            eval_batches,
-            put,
-            (start, last),
-            mngr,
-            writer,
-            progress,
-        )
-        step = max(start, last)
-        if step >= cfg.steps and result is None:
-            result = evaluate(eval_fn, state.params, eval_batches, put)
-    mngr.wait_until_finished()
-    mngr.close()
-    writer.close()
+    try:  # also on divergence: pending (finite) checkpoints are finished, not left half-written
+        with jax.set_mesh(mesh):
+            state, result = _loop(
+                cfg,
+                state,
+                it,
+                train_fn,
+                eval_fn,
+                eval_batches,
+                put,
+                (start, last),
+                mngr,
+                writer,
+                progress,
+            )
+            step = max(start, last)
+            if step >= cfg.steps and result is None:
+                result = evaluate(eval_fn, state.params, eval_batches, put)
+    finally:
+        mngr.wait_until_finished()
+        mngr.close()
+        writer.close()
     summary = {"run_dir": cfg.run_dir, "step": step, "val_loss": None}
     if result is not None:
         summary |= _eval_record(result, step)
@@ -313,44 +323,108 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True
     return summary
 
 
+class DivergenceGuard:
+    """Watches the train step's ``finite`` flags and applies ``cfg.on_nan``.
+
+    The flags stay on the device and are fetched together by :meth:`check` at log, eval and
+    checkpoint steps, where the loop waits for the device anyway: no extra sync per step. With
+    ``stop``, training therefore ends at the first such step at or after a non-finite one (at that
+    very step when ``log_every=1``), naming the first non-finite step. Non-finite updates are never
+    applied (see :func:`~llmzoo.train.step.train_step`) and :meth:`check_state` refuses to let a
+    non-finite state be saved, so every checkpoint holds finite values.
+    """
+
+    def __init__(self, cfg: TrainConfig, mngr, start: int):
+        self.cfg, self.mngr = cfg, mngr
+        self.pending: list[tuple[int, jax.Array]] = []
+        before = [r for r in read_metrics(cfg.run_dir) if "skipped_steps" in r]
+        self.skipped = int(before[-1]["skipped_steps"]) if start and before else 0
+
+    def push(self, done: int, finite: jax.Array) -> None:
+        """Records step ``done``'s flag (a device scalar; not fetched)."""
+        self.pending.append((done, finite))
+
+    def check(self) -> None:
+        """Fetches the pending flags; counts skipped steps, or raises (``stop``) at the first."""
+        flags = jax.device_get([f for _, f in self.pending])
+        bad = [done for (done, _), ok in zip(self.pending, flags, strict=True) if not ok]
+        self.pending.clear()
+        self.skipped += len(bad)
+        if bad and self.cfg.on_nan == "stop":
+            raise self._diverged(f"at step {bad[0]}: the loss or gradient norm is not finite")
+
+    def check_state(self, state: TrainState, done: int) -> None:
+        """Raises rather than let a non-finite state at step ``done`` be checkpointed."""
+        if not bool(all_finite((state.params, state.opt_state))):
+            raise self._diverged(f"by step {done}: the params or optimizer state are not finite")
+
+    def _diverged(self, what: str) -> LlmzooError:
+        self.mngr.wait_until_finished()
+        newest = self.mngr.latest_step()
+        kept = (
+            "no checkpoint was written"
+            if newest is None
+            else f"the newest checkpoint (step {newest}) is the last finite state"
+        )
+        return LlmzooError(
+            f"training diverged {what}; {kept}; lower optim.lr (now {self.cfg.optim.lr!r})"
+            " or set on_nan=skip_step"
+        )
+
+
 def _loop(cfg, state, it, train_fn, eval_fn, eval_batches, put, span, mngr, writer, progress):
     """Runs steps ``span = (start, last)``: logging, periodic evaluation and checkpoints.
 
     Returns:
         ``(state, the last evaluation result or None)``.
+
+    Raises:
+        LlmzooError: with ``on_nan=stop``, after a step whose loss or gradient norm is not
+            finite (see :class:`DivergenceGuard`); nothing is saved after that step.
     """
     start, last = span
+    guard = DivergenceGuard(cfg, mngr, start)
     schedule = lr_schedule(cfg.optim, cfg.steps)
     key = jax.random.key(cfg.seed)
     result = None
-    bar = tqdm(
+    t_last, tok_since = time.time(), 0.0
+    with tqdm(
         range(start, last),
         initial=start,
         total=cfg.steps,
         disable=not progress,
         desc="train",
         dynamic_ncols=True,
-    )
-    t_last, tok_since = time.time(), 0.0
-    for step in bar:
-        state, metrics = train_fn(state, put(next(it)), key)
-        done = step + 1
-        if done % cfg.log_every == 0 or done == last:
-            m = jax.device_get(metrics)
-            tok_since += float(m["tokens"]) * cfg.log_every
-            now = time.time()
-            rec = _log_record(m, done, schedule, tok_since / max(now - t_last, 1e-9))
-            t_last, tok_since = now, 0.0
-            writer.write(rec)
-            bar.set_postfix(
-                loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}"
-            )
-        if done % cfg.eval_every == 0 or done == cfg.steps:
-            result = evaluate(eval_fn, state.params, eval_batches, put)
-            writer.write(_eval_record(result, done))
-            bar.write(f"step {done}: val_loss {result['loss']:.4f}")
-        if done % cfg.ckpt_every == 0 or done == last:
-            meta = {"step": done, "data": it.get_state(), "config": to_dict(cfg)}
-            ckpt.save(mngr, done, state.params, state.opt_state, meta)
-    bar.close()
+    ) as bar:
+        for step in bar:
+            state, metrics = train_fn(state, put(next(it)), key)
+            done = step + 1
+            guard.push(done, metrics["finite"])
+            log_now = done % cfg.log_every == 0 or done == last
+            eval_now = done % cfg.eval_every == 0 or done == cfg.steps
+            save_now = done % cfg.ckpt_every == 0 or done == last
+            if log_now or eval_now or save_now:
+                guard.check()
+            if log_now:
+                m = jax.device_get(metrics)
+                tok_since += float(m["tokens"]) * cfg.log_every
+                now = time.time()
+                rec = _log_record(m, done, schedule, tok_since / max(now - t_last, 1e-9))
+                if cfg.on_nan == "skip_step":
+                    rec["skipped_steps"] = guard.skipped
+                t_last, tok_since = now, 0.0
+                writer.write(rec)
+                bar.set_postfix(
+                    loss=f"{rec['loss']:.3f}",
+                    lr=f"{rec['lr']:.2e}",
+                    tok_s=f"{rec['tokens_per_s']:.0f}",
+                )
+            if eval_now:
+                result = evaluate(eval_fn, state.params, eval_batches, put)
+                writer.write(_eval_record(result, done))
+                bar.write(f"step {done}: val_loss {result['loss']:.4f}")
+            if save_now:
+                guard.check_state(state, done)
+                meta = {"step": done, "data": it.get_state(), "config": to_dict(cfg)}
+                ckpt.save(mngr, done, state.params, state.opt_state, meta)
     return state, result

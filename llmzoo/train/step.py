@@ -3,6 +3,11 @@
 ``train_step`` closes over nothing and names no model kind: the objective (a loss function), the
 model config, optimizer and accumulation count arrive as static arguments, the RNG as
 ``fold_in(key, step)``.
+
+A step whose loss or gradient norm is not finite changes neither params nor optimizer state (the
+state is donated, so the step's output is the only copy of the last good state); it reports
+``finite`` and ``skipped`` in its metrics, and the loop decides whether to stop or carry on
+(``TrainConfig.on_nan``).
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ def train_step(
 
     Returns:
         ``(new_state, metrics)``: loss and each objective metric per counted token (every token
-        weighted equally across micro-batches), grad_norm, and tokens (the count).
+        weighted equally across micro-batches), grad_norm, tokens (the count), and ``finite`` /
+        ``skipped`` (1.0 or 0.0). If the loss or grad_norm is not finite the update is skipped:
+        params and opt_state come back bitwise unchanged; the step counter still advances.
     """
     rng = jax.random.fold_in(key, state.step) if cfg.dropout > 0 else None
     micro = jax.tree.map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
@@ -67,11 +74,27 @@ def train_step(
     )
     denom = jnp.maximum(count, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
+    loss, grad_norm = loss_sum / denom, optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    params, opt_state = keep_if(finite, (params, opt_state), (state.params, state.opt_state))
     metrics = {k: v / denom for k, v in sums.items()}
-    metrics |= {"loss": loss_sum / denom, "grad_norm": optax.global_norm(grads), "tokens": count}
+    metrics |= {"loss": loss, "grad_norm": grad_norm, "tokens": count}
+    metrics |= {"finite": finite.astype(jnp.float32), "skipped": (~finite).astype(jnp.float32)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def keep_if(ok: jax.Array, new, old):
+    """``new`` where the scalar ``ok`` is true, else ``old`` (bitwise), leaf by leaf."""
+    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+    """True iff every element of every leaf of ``tree`` is finite (integer leaves always are)."""
+    leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]
+    return jnp.stack(leaves).all() if leaves else jnp.array(True)
 
 
 def _loss(params, mb, rng, objective, cfg):

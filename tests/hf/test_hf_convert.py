@@ -55,3 +55,37 @@ def _word_level_tokenizer() -> str:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.add_special_tokens(["<pad>", "</s>"])
     return tok.to_str()
+
+
+def test_convert_never_overwrites_a_run_without_force(hf_dirs, tmp_path, capsys):
+    import hashlib
+    import os
+
+    from llmzoo.cli import main
+
+    _, path = hf_dirs("gpt2")
+    src = tmp_path / "hf_in"
+    shutil.copytree(path, src)
+    (src / "tokenizer.json").write_text(_word_level_tokenizer())
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "tokenizer.model").write_bytes(b"a trained run's SentencePiece model")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
+
+    def digest():
+        h = hashlib.sha256()
+        for root, _, files in sorted(os.walk(run)):
+            for name in sorted(files):
+                h.update(name.encode() + open(os.path.join(root, name), "rb").read())
+        return h.hexdigest()
+
+    before = digest()
+    assert main(["convert", "--from-hf", str(src), "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "is not empty" in err and "--force" in err
+    assert digest() == before  # untouched
+
+    assert main(["convert", "--from-hf", str(src), "--out", str(run), "--force"]) == 0
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "tokenizer.json"]
+    assert checkpoint.tokenizer_path(str(run)).endswith("tokenizer.json")  # one tokenizer only
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".converting-")]
