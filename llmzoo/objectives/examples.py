@@ -155,10 +155,8 @@ def _specials(tokenizer) -> tuple[int, ...]:
 
 
 def _word_start_table(tokenizer) -> np.ndarray:
-    pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
-    table = word_starts_from_pieces(pieces)
-    table[0] = pieces[0].startswith("▁") or not pieces[0].startswith("##")
-    return table
+    """``[V]`` bool: whether each id's piece starts a word (id 0, the pad, counts as a start)."""
+    return word_starts_from_pieces([tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)])
 
 
 def _sentence_ends(tokenizer) -> tuple[int, ...]:
