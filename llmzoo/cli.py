@@ -11,12 +11,14 @@ import os
 import sys
 import warnings
 
+from llmzoo.config import DataConfig
 from llmzoo.errors import DataError, LlmzooError
 
 EPILOG_TRAIN = """examples:
   llmzoo train                                  # tiny GPT on Python's docs, CPU-friendly
   llmzoo train --config configs/tiny.yaml steps=200 model.n_layers=2
   llmzoo train preset=small run_dir=runs/small data.dataset=lm1b
+  llmzoo train data.dataset='my_texts/**/*.txt' run_dir=runs/mine   # your own .txt/.jsonl
   llmzoo train init_from=runs/converted run_dir=runs/finetune steps=100
 
 overrides are key=value with dotted keys into the config (see llmzoo/config.py);
@@ -154,17 +156,29 @@ def _cmd_tokenizer_train(args) -> int:
 
     prefix = args.out[: -len(".model")] if args.out.endswith(".model") else args.out
     os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
-    texts = iter_texts(args.dataset, args.split, data_dir=args.data_dir, text_key=args.text_key)
+    texts = iter_texts(_data_config(args), args.split)
     tok = train_tokenizer(texts, prefix, vocab_size=args.vocab_size, model_type=args.type)
     print(f"wrote {prefix}.model ({tok.vocab_size} tokens, {args.type})")
     return 0
 
 
-def _cmd_data_build(args) -> int:
-    from llmzoo.data import build_source
+def _data_config(args) -> DataConfig:
+    """The dataset options of ``tokenizer train`` and ``data build``, validated as a config."""
+    return DataConfig(
+        dataset=args.dataset,
+        text_key=args.text_key,
+        data_dir=args.data_dir,
+        txt_documents=args.txt_documents,
+        eval_fraction=args.eval_fraction,
+    )
 
+
+def _cmd_data_build(args) -> int:
+    from llmzoo.data import source_for
+
+    data = _data_config(args)
     for split in args.splits:
-        src = build_source(args.dataset, split, data_dir=args.data_dir, text_key=args.text_key)
+        src = source_for(data, split)
         print(f"{args.dataset}/{split}: {len(src)} documents in {args.data_dir}")
     return 0
 
@@ -183,6 +197,32 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _data_arguments() -> argparse.ArgumentParser:
+    """The dataset options shared by ``tokenizer train`` and ``data build`` (see DataConfig)."""
+    d = DataConfig()
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--dataset",
+        default=d.dataset,
+        help=f"a TFDS name, or .txt/.jsonl files: a file, a folder or a glob ({d.dataset})",
+    )
+    p.add_argument("--text-key", default=d.text_key, help="feature (.jsonl key) holding the text")
+    p.add_argument("--data-dir", default=d.data_dir, help=f"TFDS data directory ({d.data_dir})")
+    p.add_argument(
+        "--txt-documents",
+        choices=("file", "paragraph"),
+        default=d.txt_documents,
+        help="a .txt file is one document, or each blank-line separated block is one (file)",
+    )
+    p.add_argument(
+        "--eval-fraction",
+        type=float,
+        default=d.eval_fraction,
+        help=f"share of local documents held out for validation ({d.eval_fraction})",
+    )
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(
@@ -190,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks (also LLMZOO_DEBUG=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    data_args = _data_arguments()
 
     t = sub.add_parser(
         "train",
@@ -264,11 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     tk = sub.add_parser("tokenizer", help="tokenizer tools")
     tks = tk.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
-    tt = tks.add_parser("train", help="train a SentencePiece tokenizer on a dataset")
-    tt.add_argument("--dataset", default="pydoc_topics", help="TFDS name (default pydoc_topics)")
+    tt = tks.add_parser(
+        "train", parents=[data_args], help="train a SentencePiece tokenizer on a dataset"
+    )
     tt.add_argument("--split", default="train", help="split to train on")
-    tt.add_argument("--text-key", default="text", help="feature holding the text")
-    tt.add_argument("--data-dir", default="data_cache", help="TFDS data directory")
     tt.add_argument("--vocab-size", type=int, default=2048, help="vocabulary size")
     tt.add_argument("--type", choices=("bpe", "unigram"), default="bpe", help="model type")
     tt.add_argument("--out", required=True, help="output path (.model)")
@@ -276,11 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     dt = sub.add_parser("data", help="dataset tools")
     dts = dt.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    db = dts.add_parser("build", help="build (or check) a TFDS dataset as array_record")
-    db.add_argument("--dataset", default="pydoc_topics", help="TFDS name")
+    db = dts.add_parser(
+        "build", parents=[data_args], help="build (or check) a dataset as TFDS array_record"
+    )
     db.add_argument("--splits", nargs="+", default=["train", "validation"], help="splits")
-    db.add_argument("--text-key", default="text", help="feature holding the text")
-    db.add_argument("--data-dir", default="data_cache", help="TFDS data directory")
     db.set_defaults(fn=_cmd_data_build)
 
     c = sub.add_parser("convert", help="convert Hugging Face safetensors <-> llmzoo runs")

@@ -8,6 +8,9 @@ the wrong type with an error that names the key.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -149,6 +152,8 @@ _POSITIVE = Range(0.0, lo_open=True)
 RULES: dict[str, Range | tuple[str, ...]] = {
     "data.vocab_size": Range(lo=16),
     "data.tokenizer_type": ("bpe", "unigram"),
+    "data.txt_documents": ("file", "paragraph"),
+    "data.eval_fraction": _OPEN_UNIT,
     "optim.lr": _POSITIVE,
     "optim.min_lr_ratio": Range(0.0, 1.0),
     "optim.warmup_steps": Range(lo=0),
@@ -197,12 +202,19 @@ class DataConfig:
     """Where training text comes from and how it is tokenized.
 
     Attributes:
-        dataset: a TFDS name; ``pydoc_topics`` is built from Python's own docs, offline.
-        text_key: the feature holding the text.
-        train_split, eval_split: TFDS split names.
-        data_dir: where TFDS datasets are built or cached.
+        dataset: a TFDS name (``pydoc_topics`` is built from Python's own docs, offline), or your
+            own text: a ``.txt`` or ``.jsonl`` file, a folder of them, or a glob such as
+            ``'corpus/**/*.txt'`` (see :mod:`llmzoo.data.local_text`).
+        text_key: the feature holding the text (for ``.jsonl`` files, the key of each record).
+        train_split, eval_split: TFDS split names; local files have ``train`` and ``validation``.
+        data_dir: where TFDS datasets are built or cached (local files are prepared here too).
+        txt_documents: a ``.txt`` file is one document (``file``), or each of its blank-line
+            separated blocks is one (``paragraph``).
+        eval_fraction: the share of local documents held out as ``validation``, chosen by a
+            stable hash of each document's file and index.
         tokenizer: path of a SentencePiece ``.model``; trained on ``dataset`` if missing and
-            ``train_tokenizer`` is set.
+            ``train_tokenizer`` is set. Empty (the default) means one per dataset and vocabulary
+            in ``data_dir`` (see :attr:`tokenizer_path`).
         train_tokenizer: train the tokenizer when the file is missing.
         vocab_size: the tokenizer's vocabulary size when training one.
         tokenizer_type: ``bpe`` or ``unigram``.
@@ -213,13 +225,33 @@ class DataConfig:
     train_split: str = "train"
     eval_split: str = "validation"
     data_dir: str = "data_cache"
-    tokenizer: str = "data_cache/pydoc_topics_sp2048.model"
+    tokenizer: str = ""
     train_tokenizer: bool = True
     vocab_size: int = 2048
     tokenizer_type: str = "bpe"
+    txt_documents: str = "file"
+    eval_fraction: float = 0.1
 
     def __post_init__(self):
         check_rules(self, "data.")
+
+    @property
+    def tokenizer_path(self) -> str:
+        """``tokenizer``, else ``<data_dir>/<dataset>_sp<vocab_size>[_unigram].model``.
+
+        A dataset name that is not a plain word (a path or a glob of your own files) is written
+        as its alphanumeric runs joined by ``_``, plus a short hash of the exact name and the
+        options that choose its documents.
+        """
+        if self.tokenizer:
+            return self.tokenizer
+        name = self.dataset
+        if not re.fullmatch(r"\w+", name) or os.path.exists(name):
+            key = f"{name}|{self.text_key}|{self.txt_documents}|{self.eval_fraction}"
+            digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:8]
+            name = "_".join(re.findall(r"[A-Za-z0-9]+", name)[-4:] + [digest])
+        suffix = "_unigram" if self.tokenizer_type == "unigram" else ""
+        return os.path.join(self.data_dir, f"{name}_sp{self.vocab_size}{suffix}.model")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

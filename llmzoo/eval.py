@@ -8,7 +8,9 @@ import math
 import jax
 
 from llmzoo import run_dir as ckpt
+from llmzoo.errors import DataError
 from llmzoo.hf.tokenizer import load_tokenizer
+from llmzoo.models import registry
 from llmzoo.objectives import registry as objectives
 from llmzoo.objectives.examples import make_examples
 from llmzoo.train.loop import evaluate
@@ -26,14 +28,20 @@ def evaluate_run(run_dir: str, *, split: str | None = None, max_batches: int | N
         ``accuracy`` (of the predicted masked tokens), for span corruption and denoising ``loss``
         is per target token.
     """
-    from llmzoo.data import build_source, make_eval_batches
+    from llmzoo.data import make_eval_batches, source_for
 
     cfg, params, step = ckpt.load_params(run_dir)
-    tokenizer = load_tokenizer(ckpt.tokenizer_path(run_dir) or cfg.data.tokenizer)
+    tokenizer = load_tokenizer(ckpt.tokenizer_path(run_dir) or cfg.data.tokenizer_path)
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise DataError(
+            f"the tokenizer of run {run_dir!r} has {tokenizer.vocab_size} tokens but "
+            f"model.vocab_size={cfg.model.vocab_size}; the run's tokenizer file is not the one "
+            "it was trained with"
+        )
     objective = objectives.for_config(cfg)
     d = cfg.data
     split = split or d.eval_split
-    src = build_source(d.dataset, split, data_dir=d.data_dir, text_key=d.text_key)
+    src = source_for(d, split)
     batches = make_eval_batches(
         src,
         tokenizer,
@@ -42,6 +50,9 @@ def evaluate_run(run_dir: str, *, split: str | None = None, max_batches: int | N
         max_batches=max_batches or cfg.eval_batches,
         example=make_examples(cfg, tokenizer),
     )
+    check = getattr(registry.get(cfg.model.kind), "check_batch", None)
+    for batch in batches if check is not None else ():
+        check(batch, cfg.model)  # ids past a table would be clamped silently on the device
     fn = jax.jit(functools.partial(eval_step, objective=objective.loss, cfg=cfg.model))
     result = evaluate(fn, params, batches, put=lambda b: b)
     extra = {k: v for k, v in result.items() if k not in ("loss", "count")}

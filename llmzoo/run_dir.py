@@ -13,8 +13,13 @@ Hugging Face model is a run directory whose checkpoint has ``params`` and ``meta
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
+import re
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -32,10 +37,26 @@ from llmzoo.params import abstract_params as spec_shapes
 from llmzoo.presets import train_config_from_dict
 
 
-def checkpoint_manager(run_dir: str, *, max_to_keep: int = 3, async_save: bool = True):
-    """An Orbax ``CheckpointManager`` over ``run_dir/checkpoints``."""
+def checkpoint_manager(
+    run_dir: str, *, max_to_keep: int = 3, async_save: bool = True, cleanup_tmp: bool = False
+):
+    """An Orbax ``CheckpointManager`` over ``run_dir/checkpoints``.
+
+    A save is written into ``<step>.orbax-checkpoint-tmp`` and renamed to ``<step>`` once
+    complete, so a save cut short (a killed process, a full disk) never counts as a checkpoint.
+
+    Args:
+        run_dir: the run directory.
+        max_to_keep: how many checkpoints to keep; older ones are deleted.
+        async_save: write checkpoints in a background thread.
+        cleanup_tmp: delete the temporary directories of saves cut short. Only for the process
+            that trains the run: a reader could delete a save in progress.
+    """
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+        max_to_keep=max_to_keep,
+        enable_async_checkpointing=async_save,
+        create=True,
+        cleanup_tmp_directories=cleanup_tmp,
     )
     return ocp.CheckpointManager(
         os.path.abspath(os.path.join(run_dir, "checkpoints")),
@@ -45,11 +66,131 @@ def checkpoint_manager(run_dir: str, *, max_to_keep: int = 3, async_save: bool =
 
 
 def save(mngr, step: int, params, opt_state=None, meta: dict | None = None) -> None:
-    """Saves (asynchronously, if the manager is async) one checkpoint."""
+    """Saves (asynchronously, if the manager is async) one checkpoint.
+
+    Raises:
+        CheckpointError: this save, or the previous asynchronous one, failed (see
+            :func:`wait_until_saved`).
+    """
+    wait_until_saved(mngr)
     items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta or {})}
     if opt_state is not None:
         items["opt_state"] = ocp.args.StandardSave(opt_state)
-    mngr.save(step, args=ocp.args.Composite(**items), force=True)
+    try:
+        mngr.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as e:  # noqa: BLE001 - OSError, or TensorStore's ValueError
+        raise _save_error(mngr, step, e) from e
+
+
+def wait_until_saved(mngr) -> None:
+    """Blocks until the pending asynchronous save, if any, is complete.
+
+    Raises:
+        CheckpointError: the save failed (a full disk, a file-size limit ...), naming the reason
+            and the step a rerun resumes from. Older checkpoints are intact, and the half-written
+            one is left in a temporary directory that is never restored.
+    """
+    step = mngr.latest_step()  # the step being saved, if a save is pending
+    try:
+        mngr.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - the background thread's error, of any type
+        raise _save_error(mngr, step, e) from e
+
+
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")  # how TensorStore reports an errno
+_SAVE_FIXES = {
+    errno.ENOSPC: "free disk space",
+    errno.EDQUOT: "free disk space",
+    errno.EFBIG: "raise the file-size limit (ulimit -f)",
+}
+
+
+def _save_error(mngr, step: int | None, e: Exception) -> CheckpointError:
+    """A one-line error for a failed save of checkpoint ``step``."""
+    match = _OS_ERROR_CODE.search(str(e))
+    code = e.errno if isinstance(e, OSError) else int(match.group(1)) if match else None
+    reason = os.strerror(code) if code else (str(e).splitlines() or [type(e).__name__])[0][:200]
+    mngr.reload()  # forgets the failed step
+    kept = mngr.latest_step()
+    resume = "start over" if kept is None else f"resume from step {kept}"
+    path = os.path.join(str(mngr.directory), str(step))
+    return CheckpointError(
+        f"could not write the checkpoint at step {step} to {path!r}: {reason}; "
+        f"{_SAVE_FIXES.get(code, 'fix the cause')} and rerun the same command to {resume}"
+    )
+
+
+@contextlib.contextmanager
+def training_checkpoints(run_dir: str, *, max_to_keep: int = 3):
+    """The checkpoint manager of the process that trains a run, for a ``with`` block.
+
+    Temporary directories of saves cut short are deleted first. On leaving the block, also by an
+    error, the pending save is finished (a diverged run keeps its finite checkpoints) and the
+    manager closed. A failed save prints nothing but the :class:`CheckpointError` raised for it
+    (see :func:`_quiet_failed_saves`).
+
+    Raises:
+        CheckpointError: the last save failed.
+    """
+    _quiet_failed_saves()
+    mngr = checkpoint_manager(run_dir, max_to_keep=max_to_keep, cleanup_tmp=True)
+    try:
+        yield mngr
+    finally:
+        try:
+            wait_until_saved(mngr)
+        finally:
+            mngr.close()
+
+
+_ORBAX_DIR = os.path.dirname(os.path.dirname(ocp.__file__))
+_quiet: list[bool] = []  # holds True once the filters below are installed
+
+
+def _quiet_failed_saves() -> None:
+    """From now on, drops what a failed asynchronous save prints besides its CheckpointError.
+
+    When a save fails, Orbax logs it with tracebacks from its background threads and abandons
+    its other writes: asyncio logs them when they are garbage-collected (as late as interpreter
+    exit), Python warns that some were never awaited, and TensorStore reports the closed event
+    loop of the writes still in flight as unraisable exceptions. :func:`save` and
+    :func:`wait_until_saved` raise the failure as one :class:`CheckpointError` instead. Only
+    errors raised in or logged by Orbax are dropped, and a closed event loop's. Idempotent.
+    """
+    if _quiet:
+        return
+    _quiet.append(True)
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_not_orbax_error)
+    warnings.filterwarnings(
+        "ignore", r"coroutine '.*write_fragment' was never awaited", RuntimeWarning
+    )
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda u: None if _is_orbax_unraisable(u) else previous(u)
+
+
+def _not_orbax_error(record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR:
+        return True
+    exc = record.exc_info[1] if record.exc_info else None
+    about = record.pathname.startswith(_ORBAX_DIR) or _ORBAX_DIR in record.getMessage()
+    return not (about or _raised_in_orbax(exc))
+
+
+def _is_orbax_unraisable(unraisable) -> bool:
+    exc, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
+    closed_loop = isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+    in_orbax = code is not None and code.co_filename.startswith(_ORBAX_DIR)
+    return closed_loop or in_orbax or _raised_in_orbax(exc)
+
+
+def _raised_in_orbax(exc: BaseException | None) -> bool:
+    tb = getattr(exc, "__traceback__", None)
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.startswith(_ORBAX_DIR):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _abstract(tree):

@@ -33,3 +33,20 @@ def tiny_run_args(tmp_path_factory):
         "sample_tokens=8",
         "optim.warmup_steps=2",
     ]
+
+
+@pytest.fixture
+def error_line(capsys):
+    """Returns a function that reads stderr so far and returns its one ``error: ...`` line.
+
+    It fails the test unless there is exactly one such line and no traceback.
+    """
+
+    def read() -> str:
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1, err
+        assert "Traceback" not in err
+        return lines[0]
+
+    return read

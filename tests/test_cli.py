@@ -20,14 +20,6 @@ def tree_digest(path):
     return h.hexdigest()
 
 
-def one_error_line(capsys):
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 @pytest.mark.parametrize("command", [[], ["train"], ["generate"], ["convert"], ["tokenizer"]])
 def test_help_is_useful(command, capsys):
     with pytest.raises(SystemExit) as e:
@@ -66,14 +58,14 @@ def test_help_is_useful(command, capsys):
         (["data.tokenizer_type=wordpiece"], "data.tokenizer_type='wordpiece' is unknown"),
     ],
 )
-def test_bad_config_is_one_line(overrides, expected, capsys, tmp_path):
+def test_bad_config_is_one_line(overrides, expected, tmp_path, error_line):
     run_dir = tmp_path / "run"
     assert main(["train", f"run_dir={run_dir}", *overrides]) == 2
-    assert expected in one_error_line(capsys)
+    assert expected in error_line()
     assert not run_dir.exists()
 
 
-def test_missing_tokenizer_is_one_line(capsys, tmp_path):
+def test_missing_tokenizer_is_one_line(tmp_path, error_line):
     code = main(
         [
             "train",
@@ -84,43 +76,47 @@ def test_missing_tokenizer_is_one_line(capsys, tmp_path):
         ]
     )
     assert code == 2
-    line = one_error_line(capsys)
+    line = error_line()
     assert "nope.model" in line and "llmzoo tokenizer train" in line
 
 
-def test_unknown_config_file(capsys):
+def test_unknown_config_file(error_line):
     assert main(["train", "--config", "configs/does_not_exist.yaml"]) == 2
-    assert "not found" in one_error_line(capsys)
+    assert "not found" in error_line()
 
 
-def test_changed_config_on_existing_run_leaves_it_intact(capsys, tmp_path, tiny_run_args):
+def test_changed_config_on_existing_run_leaves_it_intact(
+    capsys, tmp_path, tiny_run_args, error_line
+):
     run_dir = tmp_path / "run"
     args = [*tiny_run_args, f"run_dir={run_dir}", "steps=2", "eval_every=2", "ckpt_every=2"]
     assert main(["train", "--no-progress", *args]) == 0
     capsys.readouterr()
     before = tree_digest(run_dir)
     assert main(["train", "--no-progress", *args, "model.n_layers=3"]) == 2
-    assert "model.n_layers=2" in one_error_line(capsys)
+    assert "model.n_layers=2" in error_line()
     assert tree_digest(run_dir) == before
 
     # a prompt that does not fit the context (max_seq_len=64) is refused, run untouched
     long_prompt = "x = 1\n" * 200
     assert main(["generate", "--run", str(run_dir), "--prompt", long_prompt]) == 2
-    assert "exceeds the model's context of 64 tokens" in one_error_line(capsys)
+    assert "exceeds the model's context of 64 tokens" in error_line()
     # a run whose tokenizer vanished
     os.remove(run_dir / "tokenizer.model")
     before = tree_digest(run_dir)
     assert main(["generate", "--run", str(run_dir), "--prompt", "x"]) == 2
-    assert "tokenizer" in one_error_line(capsys)
+    assert "tokenizer" in error_line()
     assert tree_digest(run_dir) == before
 
 
-def test_generate_on_missing_run(capsys, tmp_path):
+def test_generate_on_missing_run(tmp_path, error_line):
     assert main(["generate", "--run", str(tmp_path / "nothing"), "--prompt", "x"]) == 2
-    assert "not an llmzoo run directory" in one_error_line(capsys)
+    assert "not an llmzoo run directory" in error_line()
 
 
-def test_all_checkpoints_corrupt_is_an_error_not_a_restart(capsys, tmp_path, tiny_run_args):
+def test_all_checkpoints_corrupt_is_an_error_not_a_restart(
+    capsys, tmp_path, tiny_run_args, error_line
+):
     run_dir = tmp_path / "run"
     args = [*tiny_run_args, f"run_dir={run_dir}", "steps=2", "eval_every=2", "ckpt_every=1"]
     assert main(["train", "--no-progress", *args]) == 0
@@ -132,22 +128,22 @@ def test_all_checkpoints_corrupt_is_an_error_not_a_restart(capsys, tmp_path, tin
                     f.truncate(1)
     before = tree_digest(run_dir)
     assert main(["train", "--no-progress", *args, "steps=4"]) == 2
-    assert "can be read" in one_error_line(capsys)
+    assert "can be read" in error_line()
     assert tree_digest(run_dir) == before  # metrics and checkpoints untouched
     assert main(["generate", "--run", str(run_dir), "--prompt", "x"]) == 2
-    assert "can be read" in one_error_line(capsys)
+    assert "can be read" in error_line()
 
 
-def test_no_room_for_the_mask_token_is_one_line(capsys, tmp_path):
+def test_no_room_for_the_mask_token_is_one_line(tmp_path, error_line):
     data = tmp_path / "data"
     args = [f"data.data_dir={data}", f"data.tokenizer={data}/sp512.model", "data.vocab_size=512"]
     args += ["model.preset=bert-tiny", "objective.name=mlm", "model.vocab_size=512"]
     assert main(["train", f"run_dir={tmp_path}/run", *args]) == 2
-    assert "model.vocab_size=512 leaves no room for 1 mask token" in one_error_line(capsys)
+    assert "model.vocab_size=512 leaves no room for 1 mask token" in error_line()
     assert not (tmp_path / "run").exists()
 
 
-def test_generate_on_an_encoder_run_is_one_line(capsys, tmp_path):
+def test_generate_on_an_encoder_run_is_one_line(tmp_path, error_line):
     import jax
 
     from llmzoo.models import encoder
@@ -159,7 +155,7 @@ def test_generate_on_an_encoder_run_is_one_line(capsys, tmp_path):
     write_run(str(tmp_path / "run"), cfg, encoder.init(jax.random.key(0), model))
     before = tree_digest(tmp_path / "run")
     assert main(["generate", "--run", str(tmp_path / "run"), "--prompt", "The "]) == 2
-    line = one_error_line(capsys)
+    line = error_line()
     assert "model.kind='encoder'" in line and "llmzoo embed" in line
     assert tree_digest(tmp_path / "run") == before
 
@@ -171,11 +167,11 @@ def test_generate_on_an_encoder_run_is_one_line(capsys, tmp_path):
         ('steps: !!python/object/apply:os.system ["echo hi"]\n', "YAML tags are not allowed"),
     ],
 )
-def test_bad_yaml_file_is_one_line(text, expected, capsys, tmp_path):
+def test_bad_yaml_file_is_one_line(text, expected, tmp_path, error_line):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     assert main(["train", "--config", str(path), f"run_dir={tmp_path}/run"]) == 2
-    line = one_error_line(capsys)
+    line = error_line()
     assert str(path) in line and expected in line
     assert not (tmp_path / "run").exists()
 

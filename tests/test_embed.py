@@ -64,13 +64,6 @@ def _embed_npy(run, tmp_path, *extra):
     return np.load(out)
 
 
-def _one_error_line(capsys):
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
 def test_mean_pooled_embeddings_match_transformers(run, reference, tmp_path, capsys):
     hidden, mask = reference
     assert len(set(mask.sum(1).tolist())) == len(SENTENCES) and mask.shape[1] > 32
@@ -167,7 +160,7 @@ def decoder_run(model_dir, tmp_path_factory):
         ("missing_run", "not an llmzoo run directory"),
     ],
 )
-def test_bad_input_is_one_line(case, expected, run, decoder_run, tmp_path, capsys):
+def test_bad_input_is_one_line(case, expected, run, decoder_run, tmp_path, error_line):
     args = {
         "decoder": ["--run", decoder_run, "--text", "hi"],
         "no_texts": ["--run", run],
@@ -175,7 +168,7 @@ def test_bad_input_is_one_line(case, expected, run, decoder_run, tmp_path, capsy
         "missing_run": ["--run", str(tmp_path / "nothing"), "--text", "hi"],
     }[case]
     assert main(["embed", *args]) == 2
-    line = _one_error_line(capsys)
+    line = error_line()
     assert expected in line
     if case == "decoder":
         assert "encoder" in line and "llmzoo generate" in line

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from pydoc_data.topics import topics as _TOPICS
 
 import tensorflow_datasets as tfds
-from etils import epath
+
+from llmzoo.data.local_text import OfflineBuilder
 
 TARGET_CHARS = 2000
 VALIDATION_BUCKETS = 1  # Out of 10 crc32 buckets.
@@ -56,28 +57,12 @@ def split_of(doc_id: str) -> str:
     return "validation" if zlib.crc32(doc_id.encode("utf-8")) % 10 < VALIDATION_BUCKETS else "train"
 
 
-class PydocTopics(tfds.core.GeneratorBasedBuilder):
+class PydocTopics(OfflineBuilder):
     """TFDS builder ``pydoc_topics``: Python's bundled help topics as language-model documents."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Paragraph groups of >= 2000 chars; crc32 90/10 split."}
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        # TFDS otherwise derives this from the top-level package with importlib.resources, which
-        # fails for a namespace package installed in editable mode.
-        return epath.Path(__file__)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        # DatasetInfo is built directly: dataset_info_from_configs() looks for metadata files in a
-        # package directory, which this single-module builder does not have.
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),
-            homepage="https://docs.python.org/3/library/pydoc.html",
-        )
+    HOMEPAGE = "https://docs.python.org/3/library/pydoc.html"
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         del dl_manager  # Nothing to download: the text ships with the interpreter.

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 
+from llmzoo.errors import DataError
 from llmzoo.hf import checkpoint as hf_checkpoint
 from llmzoo.hf.tokenizer import find_tokenizer_file, load_tokenizer
+from llmzoo.hf.tokenizer_export import export_sentencepiece
 from llmzoo.presets import train_config_for
 from llmzoo.run_dir import check_empty, read_run, write_run
 
@@ -69,8 +72,11 @@ def _copy_tokenizer_metadata(src_dir: str, dest_dir: str) -> None:
 def convert_to_hf(run_dir: str, hf_dir: str, *, dtype=None) -> str:
     """Writes the newest params of an llmzoo run directory as a Hugging Face checkpoint.
 
-    The tokenizer stored in the run (if any) is copied too; ``tokenizer.json`` loads with
-    ``AutoTokenizer``. bos/eos/pad ids from the tokenizer go into ``config.json``.
+    The tokenizer stored in the run (if any) goes along, loadable by ``AutoTokenizer``: a
+    ``tokenizer.json`` is copied with its side files; a SentencePiece ``tokenizer.model`` is copied
+    and converted to ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json``
+    (see :mod:`llmzoo.hf.tokenizer_export`; a model that ``tokenizers`` cannot reproduce is only
+    copied, with a warning). bos/eos/pad ids from the tokenizer go into ``config.json``.
 
     Returns:
         ``hf_dir``.
@@ -85,7 +91,18 @@ def convert_to_hf(run_dir: str, hf_dir: str, *, dtype=None) -> str:
             tid = getattr(tok, f"{kind}_id")
             extra[f"{kind}_token_id"] = tid if tid is not None and tid >= 0 else None
     hf_checkpoint.save(hf_dir, train_cfg.model, params, dtype=dtype, extra_config=extra)
-    if tok_path is not None:
+    if tok_path is not None and tok_path.endswith(".model"):
+        try:
+            export_sentencepiece(
+                tok_path,
+                hf_dir,
+                kind=train_cfg.model.kind,
+                max_length=getattr(train_cfg.model, "max_seq_len", None),
+            )
+        except DataError as e:
+            warnings.warn(f"{e}; wrote tokenizer.model only", stacklevel=2)
+            shutil.copyfile(tok_path, os.path.join(hf_dir, "tokenizer.model"))
+    elif tok_path is not None:
         shutil.copyfile(tok_path, os.path.join(hf_dir, os.path.basename(tok_path)))
         _copy_tokenizer_metadata(os.path.dirname(tok_path), hf_dir)
     return hf_dir

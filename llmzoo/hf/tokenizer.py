@@ -64,6 +64,13 @@ class HFTokenizer:
         tok.no_padding()
         tok.no_truncation()
         folder = os.path.dirname(path)
+        # transformers' split_special_tokens: special tokens spelled in the text are plain text
+        # (tokenizers exported from SentencePiece models set it, as SentencePiece does this).
+        if _read_json(os.path.join(folder, "tokenizer_config.json")).get("split_special_tokens"):
+            try:
+                tok.encode_special_tokens = True
+            except AttributeError:  # older tokenizers have no such switch
+                pass
         special: dict[str, int] = {}
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
             data = _read_json(os.path.join(folder, name))

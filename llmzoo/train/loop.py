@@ -7,6 +7,8 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,15 +19,16 @@ from tqdm.auto import tqdm
 from llmzoo import run_dir as ckpt
 from llmzoo import sharding
 from llmzoo.config import TrainConfig, to_dict
-from llmzoo.errors import ConfigError, LlmzooError
+from llmzoo.errors import ConfigError
 from llmzoo.hf.tokenizer import load_tokenizer
 from llmzoo.models import registry
 from llmzoo.objectives import registry as objectives
 from llmzoo.objectives.examples import make_examples
 from llmzoo.params import flatten, init_params
-from llmzoo.train.metrics import MetricsWriter, read_metrics
+from llmzoo.train.divergence import DivergenceGuard
+from llmzoo.train.metrics import MetricsWriter
 from llmzoo.train.optimizer import lr_schedule, make_optimizer
-from llmzoo.train.step import TrainState, all_finite, make_steps
+from llmzoo.train.step import TrainState, make_steps
 
 # Keys that may change between a run and its resumption; anything else must match.
 RESUMABLE_CHANGES = {
@@ -79,13 +82,14 @@ def prepare_tokenizer(cfg: TrainConfig, log=print):
     from llmzoo.data import iter_texts, train_tokenizer
 
     d = cfg.data
-    if os.path.exists(d.tokenizer) or not d.train_tokenizer:
-        return load_tokenizer(d.tokenizer)
+    path = d.tokenizer_path
+    if os.path.exists(path) or not d.train_tokenizer:
+        return load_tokenizer(path)
     log(f"training a {d.vocab_size}-token {d.tokenizer_type} tokenizer on {d.dataset} ...")
     t0 = time.time()
-    prefix = d.tokenizer[: -len(".model")] if d.tokenizer.endswith(".model") else d.tokenizer
+    prefix = path[: -len(".model")] if path.endswith(".model") else path
     os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
-    texts = iter_texts(d.dataset, d.train_split, data_dir=d.data_dir, text_key=d.text_key)
+    texts = iter_texts(d, d.train_split)
     train_tokenizer(texts, prefix, vocab_size=d.vocab_size, model_type=d.tokenizer_type)
     log(f"tokenizer written to {prefix}.model in {time.time() - t0:.1f}s")
     return load_tokenizer(prefix + ".model")
@@ -132,10 +136,10 @@ def _baselines(cfg: TrainConfig, tokenizer, examples, eval_batches) -> dict:
     targets of the train split's examples (built exactly as in training). For masked LM also
     ``majority_accuracy``: the accuracy of always predicting the most frequent target.
     """
-    from llmzoo.data import build_source, make_eval_batches, unigram_entropy
+    from llmzoo.data import make_eval_batches, source_for, unigram_entropy
 
     d = cfg.data
-    src = build_source(d.dataset, d.train_split, data_dir=d.data_dir, text_key=d.text_key)
+    src = source_for(d, d.train_split)
     train = make_eval_batches(
         src, tokenizer, seq_len=cfg.seq_len, batch_size=cfg.batch_size, example=examples
     )
@@ -190,11 +194,10 @@ def _check_fits(cfg: TrainConfig, tokenizer, mesh) -> None:
 
 def _data(cfg: TrainConfig, tokenizer, examples):
     """The checkpointable training iterator and the fixed list of validation batches."""
-    from llmzoo.data import build_source, make_eval_batches, make_lm_pipeline
+    from llmzoo.data import make_eval_batches, make_lm_pipeline, source_for
 
     d = cfg.data
-    train_src = build_source(d.dataset, d.train_split, data_dir=d.data_dir, text_key=d.text_key)
-    eval_src = build_source(d.dataset, d.eval_split, data_dir=d.data_dir, text_key=d.text_key)
+    train_src, eval_src = source_for(d, d.train_split), source_for(d, d.eval_split)
     it = make_lm_pipeline(
         train_src,
         tokenizer,
@@ -230,16 +233,11 @@ def _restore(mngr, state: TrainState, it, log, run_dir) -> tuple[TrainState, int
     return TrainState(step=step, params=params, opt_state=opt_state), start
 
 
-def _log_record(m: dict, done: int, schedule, tokens_per_s: float) -> dict:
+def _log_record(m: dict, done: int, lr: float, tokens_per_s: float) -> dict:
     rec = {"step": done, "loss": float(m["loss"]), "ppl": math.exp(min(float(m["loss"]), 50))}
     per_step_only = ("loss", "tokens", "grad_norm", "finite", "skipped")
     rec |= {k: float(v) for k, v in m.items() if k not in per_step_only}
-    rec |= {
-        "lr": float(schedule(done - 1)),
-        "grad_norm": float(m["grad_norm"]),
-        "tokens_per_s": tokens_per_s,
-    }
-    return rec
+    return rec | {"lr": lr, "grad_norm": float(m["grad_norm"]), "tokens_per_s": tokens_per_s}
 
 
 def _eval_record(result: dict, done: int) -> dict:
@@ -285,35 +283,22 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True
         return jax.device_put(batch, batch_shard)
 
     it, eval_batches = _data(cfg, tokenizer, examples)
-    mngr = ckpt.checkpoint_manager(cfg.run_dir, max_to_keep=cfg.keep_checkpoints)
-    state, start = _restore(mngr, state, it, log, cfg.run_dir)
-    # Only now, with the checkpoint (if any) read, is the run directory written to.
-    ckpt.write_config(cfg.run_dir, cfg)
-    ckpt.copy_tokenizer(tokenizer.path, cfg.run_dir)
-    writer = MetricsWriter(cfg.run_dir, resume_step=start)
-    last = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
-    try:  # also on divergence: pending (finite) checkpoints are finished, not left half-written
-        with jax.set_mesh(mesh):
-            state, result = _loop(
-                cfg,
-                state,
-                it,
-                train_fn,
-                eval_fn,
-                eval_batches,
-                put,
-                (start, last),
-                mngr,
-                writer,
-                progress,
-            )
-            step = max(start, last)
-            if step >= cfg.steps and result is None:
-                result = evaluate(eval_fn, state.params, eval_batches, put)
-    finally:
-        mngr.wait_until_finished()
-        mngr.close()
-        writer.close()
+    with ckpt.training_checkpoints(cfg.run_dir, max_to_keep=cfg.keep_checkpoints) as mngr:
+        state, start = _restore(mngr, state, it, log, cfg.run_dir)
+        # Only now, with the checkpoint (if any) read, is the run directory written to.
+        ckpt.write_config(cfg.run_dir, cfg)
+        ckpt.copy_tokenizer(tokenizer.path, cfg.run_dir)
+        writer = MetricsWriter(cfg.run_dir, resume_step=start)
+        run = _Run(cfg, train_fn, eval_fn, put, it, eval_batches, mngr, writer)
+        last = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+        try:
+            with jax.set_mesh(mesh):
+                state, result = _loop(run, state, (start, last), progress)
+                step = max(start, last)
+                if step >= cfg.steps and result is None:
+                    result = run.evaluate(state.params)
+        finally:
+            writer.close()
     summary = {"run_dir": cfg.run_dir, "step": step, "val_loss": None}
     if result is not None:
         summary |= _eval_record(result, step)
@@ -323,56 +308,45 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True
     return summary
 
 
-class DivergenceGuard:
-    """Watches the train step's ``finite`` flags and applies ``cfg.on_nan``.
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What the loop works with besides the state: compiled steps, data and outputs."""
 
-    The flags stay on the device and are fetched together by :meth:`check` at log, eval and
-    checkpoint steps, where the loop waits for the device anyway: no extra sync per step. With
-    ``stop``, training therefore ends at the first such step at or after a non-finite one (at that
-    very step when ``log_every=1``), naming the first non-finite step. Non-finite updates are never
-    applied (see :func:`~llmzoo.train.step.train_step`) and :meth:`check_state` refuses to let a
-    non-finite state be saved, so every checkpoint holds finite values.
-    """
+    cfg: TrainConfig
+    train_fn: Callable
+    eval_fn: Callable
+    put: Callable  # host batch -> sharded device batch
+    it: Any  # the checkpointable training iterator
+    eval_batches: list
+    mngr: Any  # the Orbax checkpoint manager
+    writer: MetricsWriter
 
-    def __init__(self, cfg: TrainConfig, mngr, start: int):
-        self.cfg, self.mngr = cfg, mngr
-        self.pending: list[tuple[int, jax.Array]] = []
-        before = [r for r in read_metrics(cfg.run_dir) if "skipped_steps" in r]
-        self.skipped = int(before[-1]["skipped_steps"]) if start and before else 0
-
-    def push(self, done: int, finite: jax.Array) -> None:
-        """Records step ``done``'s flag (a device scalar; not fetched)."""
-        self.pending.append((done, finite))
-
-    def check(self) -> None:
-        """Fetches the pending flags; counts skipped steps, or raises (``stop``) at the first."""
-        flags = jax.device_get([f for _, f in self.pending])
-        bad = [done for (done, _), ok in zip(self.pending, flags, strict=True) if not ok]
-        self.pending.clear()
-        self.skipped += len(bad)
-        if bad and self.cfg.on_nan == "stop":
-            raise self._diverged(f"at step {bad[0]}: the loss or gradient norm is not finite")
-
-    def check_state(self, state: TrainState, done: int) -> None:
-        """Raises rather than let a non-finite state at step ``done`` be checkpointed."""
-        if not bool(all_finite((state.params, state.opt_state))):
-            raise self._diverged(f"by step {done}: the params or optimizer state are not finite")
-
-    def _diverged(self, what: str) -> LlmzooError:
-        self.mngr.wait_until_finished()
-        newest = self.mngr.latest_step()
-        kept = (
-            "no checkpoint was written"
-            if newest is None
-            else f"the newest checkpoint (step {newest}) is the last finite state"
-        )
-        return LlmzooError(
-            f"training diverged {what}; {kept}; lower optim.lr (now {self.cfg.optim.lr!r})"
-            " or set on_nan=skip_step"
-        )
+    def evaluate(self, params) -> dict:
+        return evaluate(self.eval_fn, params, self.eval_batches, self.put)
 
 
-def _loop(cfg, state, it, train_fn, eval_fn, eval_batches, put, span, mngr, writer, progress):
+class _Meter:
+    """Turns a logged step's metrics into a record: tokens/s since the last one, and the lr."""
+
+    def __init__(self, cfg: TrainConfig, guard: DivergenceGuard):
+        self.cfg, self.guard = cfg, guard
+        self.schedule = lr_schedule(cfg.optim, cfg.steps)
+        self.t_last = time.time()
+
+    def record(self, metrics, done: int) -> dict:
+        m = jax.device_get(metrics)
+        now = time.time()
+        tokens_per_s = float(m["tokens"]) * self.cfg.log_every / max(now - self.t_last, 1e-9)
+        self.t_last = now
+        # A skipped step leaves the optimizer's count, and so the schedule, where it was.
+        count = max(done - 1 - self.guard.skipped, 0)
+        rec = _log_record(m, done, float(self.schedule(count)), tokens_per_s)
+        if self.cfg.on_nan == "skip_step":
+            rec["skipped_steps"] = self.guard.skipped
+        return rec
+
+
+def _loop(run: _Run, state: TrainState, span: tuple[int, int], progress: bool):
     """Runs steps ``span = (start, last)``: logging, periodic evaluation and checkpoints.
 
     Returns:
@@ -382,22 +356,14 @@ def _loop(cfg, state, it, train_fn, eval_fn, eval_batches, put, span, mngr, writ
         LlmzooError: with ``on_nan=stop``, after a step whose loss or gradient norm is not
             finite (see :class:`DivergenceGuard`); nothing is saved after that step.
     """
-    start, last = span
-    guard = DivergenceGuard(cfg, mngr, start)
-    schedule = lr_schedule(cfg.optim, cfg.steps)
-    key = jax.random.key(cfg.seed)
-    result = None
-    t_last, tok_since = time.time(), 0.0
-    with tqdm(
-        range(start, last),
-        initial=start,
-        total=cfg.steps,
-        disable=not progress,
-        desc="train",
-        dynamic_ncols=True,
-    ) as bar:
+    (start, last), cfg = span, run.cfg
+    guard = DivergenceGuard(cfg, run.mngr, start)
+    meter, key, result = _Meter(cfg, guard), jax.random.key(cfg.seed), None
+    bar = tqdm(range(start, last), initial=start, total=cfg.steps, disable=not progress,
+               desc="train", dynamic_ncols=True)  # fmt: skip
+    with bar:
         for step in bar:
-            state, metrics = train_fn(state, put(next(it)), key)
+            state, metrics = run.train_fn(state, run.put(next(run.it)), key)
             done = step + 1
             guard.push(done, metrics["finite"])
             log_now = done % cfg.log_every == 0 or done == last
@@ -406,25 +372,16 @@ def _loop(cfg, state, it, train_fn, eval_fn, eval_batches, put, span, mngr, writ
             if log_now or eval_now or save_now:
                 guard.check()
             if log_now:
-                m = jax.device_get(metrics)
-                tok_since += float(m["tokens"]) * cfg.log_every
-                now = time.time()
-                rec = _log_record(m, done, schedule, tok_since / max(now - t_last, 1e-9))
-                if cfg.on_nan == "skip_step":
-                    rec["skipped_steps"] = guard.skipped
-                t_last, tok_since = now, 0.0
-                writer.write(rec)
-                bar.set_postfix(
-                    loss=f"{rec['loss']:.3f}",
-                    lr=f"{rec['lr']:.2e}",
-                    tok_s=f"{rec['tokens_per_s']:.0f}",
-                )
+                rec = meter.record(metrics, done)
+                run.writer.write(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.2e}",
+                                tok_s=f"{rec['tokens_per_s']:.0f}")  # fmt: skip
             if eval_now:
-                result = evaluate(eval_fn, state.params, eval_batches, put)
-                writer.write(_eval_record(result, done))
+                result = run.evaluate(state.params)
+                run.writer.write(_eval_record(result, done))
                 bar.write(f"step {done}: val_loss {result['loss']:.4f}")
             if save_now:
                 guard.check_state(state, done)
-                meta = {"step": done, "data": it.get_state(), "config": to_dict(cfg)}
-                ckpt.save(mngr, done, state.params, state.opt_state, meta)
+                meta = {"step": done, "data": run.it.get_state(), "config": to_dict(cfg)}
+                ckpt.save(run.mngr, done, state.params, state.opt_state, meta)
     return state, result

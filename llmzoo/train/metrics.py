@@ -10,18 +10,17 @@ class MetricsWriter:
     """Appends one JSON object per record to ``run_dir/metrics.jsonl``.
 
     On resume, records past the restored step (written by an interrupted run) are dropped so the
-    log reads as one uninterrupted run.
+    log reads as one uninterrupted run, and so is a last line cut short by a kill or a full disk.
+    The file is rewritten atomically: a failure leaves the old one whole.
     """
 
     def __init__(self, run_dir: str, resume_step: int = 0):
         self.path = os.path.join(run_dir, "metrics.jsonl")
         if os.path.exists(self.path):
-            with open(self.path) as f:
-                kept = [
-                    ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= resume_step
-                ]
-            with open(self.path, "w") as f:
+            kept = [ln for ln, rec in _lines(self.path) if rec.get("step", 0) <= resume_step]
+            with open(self.path + ".tmp", "w") as f:
                 f.writelines(kept)
+            os.replace(self.path + ".tmp", self.path)
         self._tb = None
         try:  # optional
             from tensorboardX import SummaryWriter  # type: ignore
@@ -47,7 +46,16 @@ class MetricsWriter:
 def read_metrics(run_dir: str) -> list[dict]:
     """All records of a run's ``metrics.jsonl``."""
     path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
+    return [rec for _, rec in _lines(path)] if os.path.exists(path) else []
+
+
+def _lines(path: str) -> list[tuple[str, dict]]:
+    """``(line, record)`` for each line of a metrics file that holds a whole record."""
+    out = []
     with open(path) as f:
-        return [json.loads(ln) for ln in f if ln.strip()]
+        for ln in f:
+            try:
+                out.append((ln if ln.endswith("\n") else ln + "\n", json.loads(ln)))
+            except json.JSONDecodeError:  # cut short by a kill or a full disk
+                continue
+    return out

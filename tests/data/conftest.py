@@ -2,6 +2,7 @@
 
 import pytest
 
+from llmzoo.config import DataConfig
 from llmzoo.data import Tokenizer, build_source, iter_texts, train_tokenizer
 
 
@@ -15,7 +16,9 @@ def data_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tokenizer(data_dir, tmp_path_factory) -> Tokenizer:
     prefix = tmp_path_factory.mktemp("tok") / "pydoc_bpe"
-    return train_tokenizer(iter_texts("pydoc_topics", "train", data_dir), prefix, vocab_size=1024)
+    return train_tokenizer(
+        iter_texts(DataConfig(data_dir=data_dir), "train"), prefix, vocab_size=1024
+    )
 
 
 class CharTokenizer:

@@ -7,6 +7,7 @@ import sys
 import pytest
 import tensorflow_datasets as tfds
 
+from llmzoo.config import DataConfig
 from llmzoo.data import build_source, iter_texts, pydoc_documents
 from llmzoo.data.pydoc_corpus import split_of
 from llmzoo.errors import DataError
@@ -51,7 +52,7 @@ def test_builds_and_reads_without_tensorflow(tmp_path):
 
 
 def test_iter_texts_limit(data_dir):
-    texts = list(iter_texts("pydoc_topics", "train", data_dir, limit=3))
+    texts = list(iter_texts(DataConfig(data_dir=data_dir), "train", limit=3))
     assert texts == [build_source("pydoc_topics", "train", data_dir=data_dir)[i] for i in range(3)]
 
 

@@ -4,6 +4,7 @@ import pickle
 
 import pytest
 
+from llmzoo.config import DataConfig
 from llmzoo.data import Tokenizer, iter_texts, train_tokenizer
 from llmzoo.errors import DataError
 
@@ -26,7 +27,7 @@ TRICKY = [
 
 
 def test_round_trip_is_exact(tokenizer, data_dir):
-    for text in TRICKY + list(iter_texts("pydoc_topics", "validation", data_dir)):
+    for text in TRICKY + list(iter_texts(DataConfig(data_dir=data_dir), "validation")):
         assert tokenizer.decode(tokenizer.encode(text)) == text
 
 
@@ -38,7 +39,7 @@ def test_special_ids_and_vocab(tokenizer):
 
 
 def test_training_is_deterministic(tmp_path, data_dir):
-    texts = list(iter_texts("pydoc_topics", "train", data_dir, limit=40))
+    texts = list(iter_texts(DataConfig(data_dir=data_dir), "train", limit=40))
     for model_type in ("bpe", "unigram"):
         # Same prefix both times: the model file records its own prefix.
         prefix = tmp_path / model_type

@@ -146,14 +146,6 @@ def run(tmp_path_factory, params):
     return str(root / "run")
 
 
-def one_error_line(capsys):
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     "args, expected",
     [
@@ -170,9 +162,9 @@ def one_error_line(capsys):
         ),
     ],
 )
-def test_cli_bad_generation_argument_is_one_line(run, args, expected, capsys):
+def test_cli_bad_generation_argument_is_one_line(run, args, expected, error_line):
     assert main(["generate", "--run", run, "--prompt", "w1", *args]) == 2
-    assert one_error_line(capsys).startswith(expected)
+    assert error_line().startswith(expected)
 
 
 def test_cli_off_values_still_generate(run, capsys):

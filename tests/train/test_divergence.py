@@ -16,8 +16,8 @@ from llmzoo.config import OptimConfig
 from llmzoo.models import decoder
 from llmzoo.objectives.losses import token_loss
 from llmzoo.presets import get_model_preset
-from llmzoo.run_dir import checkpoint_manager, load_params
-from llmzoo.train.optimizer import make_optimizer
+from llmzoo.run_dir import checkpoint_manager, load_params, read_config
+from llmzoo.train.optimizer import lr_schedule, make_optimizer
 from llmzoo.train.step import TrainState, all_finite, make_steps
 
 CFG = dataclasses.replace(get_model_preset("gpt2-tiny"), n_layers=2, d_model=32, n_heads=4, d_ff=64)
@@ -161,6 +161,18 @@ def test_skip_step_counts_skipped_steps_and_finishes(skip_run):
     assert counted >= 1
     for step in checkpoint_steps(run_dir):
         assert bool(all_finite(checkpoint_params(run_dir, step)))
+
+
+def test_skipped_steps_do_not_advance_the_logged_lr(skip_run):
+    """The logged lr is the optimizer's: its schedule counts applied updates only."""
+    _, run_dir = skip_run
+    cfg = read_config(str(run_dir))
+    schedule = lr_schedule(cfg.optim, cfg.steps)
+    recs = records(run_dir)
+    assert recs[-1]["skipped_steps"] >= 1
+    for r in recs:
+        applied_before = r["step"] - 1 - r["skipped_steps"]
+        assert r["lr"] == pytest.approx(float(schedule(max(applied_before, 0))), rel=1e-6)
 
 
 def test_stop_names_the_step_and_keeps_only_finite_checkpoints(

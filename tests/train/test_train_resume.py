@@ -97,6 +97,23 @@ def test_eval_command(straight_run):
     assert abs(result["loss"] - vals[-1]) < 1e-4
 
 
+def test_eval_refuses_a_foreign_tokenizer(straight_run, tmp_path):
+    import shutil
+
+    from llmzoo.data import train_tokenizer
+    from llmzoo.data.pydoc_corpus import pydoc_documents
+
+    run_dir, _, _ = straight_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    texts = list(pydoc_documents().values())[:60]
+    train_tokenizer(texts, str(tmp_path / "big"), vocab_size=1024)
+    shutil.copy(tmp_path / "big.model", copy / "tokenizer.model")
+    proc = run_cli("eval", "--run", str(copy), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "has 1024 tokens but model.vocab_size=512" in proc.stderr.strip().splitlines()[-1]
+
+
 def test_convert_round_trip_then_finetune_from_converted(straight_run, tmp_path):
     """llmzoo run -> HF safetensors -> llmzoo run generates the same text and fine-tunes."""
     run_dir, args, _ = straight_run
