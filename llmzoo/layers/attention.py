@@ -4,9 +4,14 @@ Masks are built from *positions*, not array indices: key ``s`` is visible to que
 ``k_pos >= 0`` (empty or padding slots carry -1), ``k_pos <= q_pos`` (causal), ``q_pos - k_pos <
 window`` (sliding window) and both tokens share a segment id (packed documents). The same rule then
 serves training on packed rows, right- or left-padded batches, and decoding against a KV cache.
+:class:`MaskRule` holds the rule's inputs; :func:`attention_mask` materialises it as [B, 1, T, S],
+and :mod:`llmzoo.layers.blockwise` evaluates it one block at a time. A query that sees no key (a
+padding row) gets output 0 on every path.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -98,6 +103,38 @@ def attention_mask(
     return mask[:, None]
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class MaskRule:
+    """Which keys each query sees, as positions and segment ids (the rule of ``attention_mask``).
+
+    Attributes:
+        q_pos: ``[B, T]`` query positions.
+        k_pos: ``[B, S]`` key positions; negative marks an empty or padding slot.
+        q_segment, k_segment: ``[B, T]``, ``[B, S]`` segment ids, or None.
+        causal: hide keys after the query (static).
+        window: sliding window W: hide keys with ``q_pos - k_pos >= W`` (static).
+    """
+
+    q_pos: jax.Array
+    k_pos: jax.Array
+    q_segment: jax.Array | None = None
+    k_segment: jax.Array | None = None
+    causal: bool = dataclasses.field(default=True, metadata=dict(static=True))
+    window: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+
+    def dense_mask(self) -> jax.Array:
+        """The materialised ``[B, 1, T, S]`` bool mask."""
+        return attention_mask(
+            self.q_pos,
+            self.k_pos,
+            causal=self.causal,
+            window=self.window,
+            q_segment=self.q_segment,
+            k_segment=self.k_segment,
+        )
+
+
 def dot_product_attention(
     q: jax.Array,
     k: jax.Array,
@@ -112,7 +149,8 @@ def dot_product_attention(
     Args:
         q: ``[B, T, N, H]``.
         k, v: ``[B, S, K, H]`` with N a multiple of K (K = N: MHA, K = 1: MQA, else GQA).
-        mask: ``[B, 1 or N, T, S]`` bool, True = attend.
+        mask: ``[B, 1 or N, T, S]`` bool, True = attend. A query that sees no key gets output
+            0 (and zero gradients), as in :func:`llmzoo.layers.blockwise.blockwise_attention`.
         bias: ``[B, N, T, S]`` added to the logits (ALiBi, T5).
         scale: logit scale, default ``H ** -0.5``.
 
@@ -130,7 +168,10 @@ def dot_product_attention(
         logits = logits + bias.astype(jnp.float32)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if mask is not None:  # a row that sees no key would average every value: make it 0
+        probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)
+    probs = probs.astype(v.dtype)
     out = jnp.einsum("bkgts,bskh->btkgh", probs.reshape(b, kh, g, t, -1), v)
     return out.reshape(b, t, n, h)
 

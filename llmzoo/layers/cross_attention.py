@@ -10,7 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from llmzoo.layers.attention import dot_product_attention, out_projection
+from llmzoo.layers.attention import out_projection
+from llmzoo.layers.blockwise import AttentionPlan, attend
 
 
 def project_heads(params: dict, x: jax.Array, weight: str, bias: str) -> jax.Array:
@@ -28,8 +29,8 @@ def cross_attention(
     params: dict,
     x: jax.Array,
     kv: tuple[jax.Array, jax.Array],
+    plan: AttentionPlan,
     *,
-    mask: jax.Array | None = None,
     scale: float | None = None,
 ) -> jax.Array:
     """Attends decoder states ``x [B, T, D]`` over ``kv`` from :func:`cross_kv`.
@@ -38,11 +39,11 @@ def cross_attention(
         params: attention params (``wq``, ``wo`` and their biases are used here).
         x: ``[B, T, D]`` decoder states.
         kv: ``([B, S, N, H], [B, S, N, H])``.
-        mask: ``[B, 1, T, S]`` bool, True = attend (the encoder padding mask).
+        plan: from :func:`llmzoo.layers.blockwise.plan_attention` (the encoder padding mask).
         scale: logit scale, default ``H ** -0.5``.
 
     Returns:
         ``[B, T, D]``.
     """
     q = project_heads(params, x, "wq", "bq")
-    return out_projection(params, dot_product_attention(q, *kv, mask=mask, scale=scale))
+    return out_projection(params, attend(q, *kv, plan, scale=scale))

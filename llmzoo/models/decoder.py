@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from llmzoo.config import ModelConfig, RopeScaling, check_range
 from llmzoo.errors import ConfigError, DataError
 from llmzoo.layers import attention as attn_lib
-from llmzoo.layers import positional
+from llmzoo.layers import blockwise, positional
 from llmzoo.layers.mlp import mlp, mlp_specs
 from llmzoo.layers.norms import apply_norm, norm_specs
 from llmzoo.layers.residual import dropout
@@ -63,6 +63,8 @@ class DecoderConfig(ModelConfig):
         embed_scale: multiply embeddings by sqrt(D) (Gemma).
         attn_scale: logit scale override (default H ** -0.5).
         init_std: init std; output projections use ``init_std / sqrt(2 L)`` (GPT-2).
+        attention_impl: ``dense``, ``blockwise`` (O(T) memory), ``cudnn`` or ``auto``; see
+            :mod:`llmzoo.layers.blockwise`. Decoding with a KV cache always runs ``dense``.
     """
 
     FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "gpt_neox")
@@ -93,6 +95,7 @@ class DecoderConfig(ModelConfig):
     embed_scale: bool = False
     attn_scale: float | None = None
     init_std: float = 0.02
+    attention_impl: str = "dense"
 
     def __post_init__(self):
         super().__post_init__()
@@ -114,6 +117,7 @@ class DecoderConfig(ModelConfig):
             )
         if self.norm not in ("layernorm", "rmsnorm"):
             raise ConfigError(f"model.norm={self.norm!r} is unknown; use layernorm or rmsnorm")
+        blockwise.check_attention_impl(self.attention_impl)
 
     @property
     def position_limit(self) -> int | None:
@@ -185,7 +189,7 @@ def _norm(params, x, cfg):
     )
 
 
-def _attention(p, x, positions, mask, bias, cfg, kv):
+def _attention(p, x, positions, plan, cfg, kv):
     """Self-attention of one block. ``x: [B, T, D]``; returns ``([B, T, D], (k, v))``."""
     q, k, v = attn_lib.qkv_projection(p, x)  # [B, T, N, H], [B, T, K, H]
     if cfg.position == "rope":
@@ -197,14 +201,14 @@ def _attention(p, x, positions, mask, bias, cfg, kv):
     if kv is not None:  # decoding: write the new keys into the cache, attend over all of it
         cache_k, cache_v, index = kv
         k, v = attn_lib.update_kv_cache(cache_k, cache_v, k, v, index)
-    o = attn_lib.dot_product_attention(q, k, v, mask=mask, bias=bias, scale=cfg.attn_scale)
+    o = blockwise.attend(q, k, v, plan, scale=cfg.attn_scale)
     return attn_lib.out_projection(p, o), (k, v)
 
 
-def _block(p, x, positions, mask, bias, cfg, rng, kv=None):
+def _block(p, x, positions, plan, cfg, rng, kv=None):
     """One pre-norm transformer block (sequential or parallel residual). ``x: [B, T, D]``."""
     r1, r2 = (None, None) if rng is None else jax.random.split(rng)
-    h, new_kv = _attention(p["attn"], _norm(p["attn_norm"], x, cfg), positions, mask, bias, cfg, kv)
+    h, new_kv = _attention(p["attn"], _norm(p["attn_norm"], x, cfg), positions, plan, cfg, kv)
     h = dropout(h, cfg.dropout, r1)
     if cfg.parallel_residual:
         m = mlp(p["mlp"], _norm(p["mlp_norm"], x, cfg), kind=cfg.mlp)
@@ -238,10 +242,12 @@ def _logits(params, x, cfg):
     return jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
 
 
-def _alibi(cfg, q_pos, k_pos):
-    if cfg.position != "alibi":
-        return None
-    return positional.alibi_bias(positional.alibi_slopes(cfg.n_heads), q_pos, k_pos)
+def _plan(cfg, rule, impl):
+    """The attention plan of one forward pass (mask, ALiBi) for ``impl``."""
+    slopes = positional.alibi_slopes(cfg.n_heads) if cfg.position == "alibi" else None
+    return blockwise.plan_attention(
+        rule, impl=impl, dtype=cfg.dtype, head_dim=cfg.dim_per_head, alibi_slopes=slopes
+    )
 
 
 def _check_length(length: int, cfg: DecoderConfig, what: str, fix: str) -> None:
@@ -288,20 +294,16 @@ def apply(
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     segment_ids = batch.get("segment_ids")
-    mask = attn_lib.attention_mask(
-        positions,
-        positions,
-        window=cfg.sliding_window,
-        q_segment=segment_ids,
-        k_segment=segment_ids,
+    rule = attn_lib.MaskRule(
+        positions, positions, segment_ids, segment_ids, window=cfg.sliding_window
     )
-    bias = _alibi(cfg, positions, positions)
+    plan = _plan(cfg, rule, cfg.attention_impl)
     x = _embed(params, tokens, positions, cfg, None if rng is None else jax.random.fold_in(rng, 0))
 
     def body(x, layer):
         p, i = layer
         layer_rng = None if rng is None else jax.random.fold_in(rng, i + 1)
-        x, _ = _block(p, x, positions, mask, bias, cfg, layer_rng)
+        x, _ = _block(p, x, positions, plan, cfg, layer_rng)
         return x, (x if return_hidden else None)
 
     if cfg.remat:
@@ -374,13 +376,12 @@ def apply_cached(
     """
     index = cache["index"]
     k_pos = jax.lax.dynamic_update_slice(cache["pos"], positions.astype(jnp.int32), (0, index))
-    mask = attn_lib.attention_mask(positions, k_pos, window=cfg.sliding_window)
-    bias = _alibi(cfg, positions, k_pos)
+    plan = _plan(cfg, attn_lib.MaskRule(positions, k_pos, window=cfg.sliding_window), "dense")
     x = _embed(params, tokens, positions, cfg, None)
 
     def body(x, layer):
         p, ck, cv = layer
-        x, (k, v) = _block(p, x, positions, mask, bias, cfg, None, kv=(ck, cv, index))
+        x, (k, v) = _block(p, x, positions, plan, cfg, None, kv=(ck, cv, index))
         return x, (k, v)
 
     x, (ks, vs) = jax.lax.scan(body, x, (params["layers"], cache["k"], cache["v"]))

@@ -26,7 +26,7 @@ import numpy as np
 
 from llmzoo.errors import DataError
 from llmzoo.layers import attention as attn_lib
-from llmzoo.layers import disentangled, heads
+from llmzoo.layers import blockwise, disentangled, heads
 from llmzoo.layers.heads import cls_pool, mean_pool
 from llmzoo.layers.mlp import mlp, mlp_specs
 from llmzoo.layers.norms import layer_norm, norm_specs
@@ -152,7 +152,7 @@ def _relative(params, positions, cfg, rng):
     return dropout(table, cfg.dropout, rng), index
 
 
-def _attention(p, x, mask, rel, cfg):
+def _attention(p, x, plan, rel, cfg):
     """Bidirectional self-attention (disentangled with ``rel``). ``x: [B, T, D]``."""
     q, k, v = attn_lib.qkv_projection(p["attn"], x)  # [B, T, N, H]
     scale = bias = None
@@ -163,25 +163,25 @@ def _attention(p, x, mask, rel, cfg):
         proj = p["attn"] if cfg.share_att_key else p["pos_proj"]
         rel_q, rel_k = disentangled.project_relative(proj, table, cfg.pos_att_type)
         bias = disentangled.disentangled_bias(q, k, rel_q, rel_k, index) * scale
-    o = attn_lib.dot_product_attention(q, k, v, mask=mask, bias=bias, scale=scale)
+    o = blockwise.attend(q, k, v, plan, bias=bias, scale=scale)
     return attn_lib.out_projection(p["attn"], o)
 
 
-def _block(p, x, mask, rel, cfg, rng):
+def _block(p, x, plan, rel, cfg, rng):
     """One post-LN block: ``LN(x + attn(x))`` then ``LN(x + mlp(x))``. ``x: [B, T, D]``."""
     r1, r2 = (None, None) if rng is None else jax.random.split(rng)
-    x = _ln(p["attn_norm"], x + dropout(_attention(p, x, mask, rel, cfg), cfg.dropout, r1), cfg)
+    x = _ln(p["attn_norm"], x + dropout(_attention(p, x, plan, rel, cfg), cfg.dropout, r1), cfg)
     h = dropout(mlp(p["mlp"], x, kind=cfg.mlp), cfg.dropout, r2)
     return constrain(_ln(p["mlp_norm"], x + h, cfg), ACT_AXES)
 
 
-def _stack(params, x, mask, rel, cfg, rng, return_hidden):
+def _stack(params, x, plan, rel, cfg, rng, return_hidden):
     """All L blocks under ``lax.scan``; ALBERT scans L times over its one shared layer."""
 
     def body(x, layer):
         p, i = layer
         layer_rng = None if rng is None else jax.random.fold_in(rng, i)
-        x = _block(p, x, mask, rel, cfg, layer_rng)
+        x = _block(p, x, plan, rel, cfg, layer_rng)
         return x, (x if return_hidden else None)
 
     if cfg.remat:
@@ -218,14 +218,12 @@ def _heads(params, x, cfg, rng) -> dict:
     return out
 
 
-def _mask(positions, segment_ids):
-    """``[B, 1, T, T]`` bool: same segment, and never a padding key (segment 0); or None."""
-    if segment_ids is None:
-        return None
-    mask = attn_lib.attention_mask(
-        positions, positions, causal=False, q_segment=segment_ids, k_segment=segment_ids
-    )
-    return mask & (segment_ids != 0)[:, None, None, :]
+def _plan(positions, segment_ids, cfg):
+    """The attention plan: same segment, and never a padding key (segment 0: position -1)."""
+    k_pos = positions if segment_ids is None else jnp.where(segment_ids != 0, positions, -1)
+    rule = attn_lib.MaskRule(positions, k_pos, segment_ids, segment_ids, causal=False)
+    impl = "dense" if cfg.relative_attention else cfg.attention_impl
+    return blockwise.plan_attention(rule, impl=impl, dtype=cfg.dtype, head_dim=cfg.dim_per_head)
 
 
 def apply(
@@ -263,8 +261,8 @@ def apply(
     rngs = [None] * 4 if rng is None else list(jax.random.split(rng, 4))
     x = _embed(params, batch, positions, cfg, rngs[0])
     rel = _relative(params, positions, cfg, rngs[1])
-    mask = _mask(positions, batch.get("segment_ids"))
-    x, hidden = _stack(params, x, mask, rel, cfg, rngs[2], return_hidden)
+    plan = _plan(positions, batch.get("segment_ids"), cfg)
+    x, hidden = _stack(params, x, plan, rel, cfg, rngs[2], return_hidden)
     out = {"hidden": x, **_heads(params, x, cfg, rngs[3])}
     if return_hidden:
         out["all_hidden"] = hidden

@@ -9,7 +9,7 @@ import dataclasses
 
 from llmzoo.config import ModelConfig, check_range
 from llmzoo.errors import ConfigError
-from llmzoo.layers import disentangled
+from llmzoo.layers import blockwise, disentangled
 from llmzoo.layers.heads import POOLER_ACTIVATIONS
 from llmzoo.layers.mlp import ACTIVATIONS
 
@@ -54,6 +54,8 @@ class EncoderConfig(ModelConfig):
             and ``sequence_classification``).
         pooler_activation: its activation (``tanh``; DeBERTa: ``gelu``).
         mlm_activation: the activation of the MLM head's transform (RoBERTa: always ``gelu``).
+        attention_impl: ``dense``, ``blockwise`` (O(T) memory), ``cudnn`` or ``auto``; see
+            :mod:`llmzoo.layers.blockwise`. DeBERTa's relative attention runs ``dense`` only.
     """
 
     FAMILIES = ("bert", "roberta", "albert", "deberta_v2")
@@ -87,6 +89,7 @@ class EncoderConfig(ModelConfig):
     pooler: bool = False
     pooler_activation: str = "tanh"
     mlm_activation: str = "gelu"
+    attention_impl: str = "dense"
 
     def __post_init__(self):
         super().__post_init__()
@@ -104,6 +107,8 @@ class EncoderConfig(ModelConfig):
                 "choose n_heads that divides d_model"
             )
         self._check_choices()
+        rel = "DeBERTa's disentangled relative attention" if self.relative_attention else None
+        blockwise.check_attention_impl(self.attention_impl, dense_bias=rel)
 
     def _check_choices(self):
         choices = {

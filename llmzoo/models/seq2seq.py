@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from llmzoo.layers import attention as attn_lib
-from llmzoo.layers import positional
+from llmzoo.layers import blockwise, positional
 from llmzoo.layers.cross_attention import cross_attention, cross_kv
 from llmzoo.layers.mlp import mlp, mlp_specs
 from llmzoo.layers.norms import apply_norm, norm_specs
@@ -120,20 +120,20 @@ def _sublayer(norm_params, x, fn, cfg, rng):
     return residual(x, fn, norm, post_norm=post, rate=cfg.dropout, rng=rng)
 
 
-def _self_attention(p, x, mask, bias, cfg, kv=None):
+def _self_attention(p, x, plan, bias, cfg, kv=None):
     """Self-attention, ``x [B, T, D]``; ``kv`` = (cache k, cache v, index) while decoding."""
     q, k, v = attn_lib.qkv_projection(p, x)
     if kv is not None:
         cache_k, cache_v, index = kv
         k, v = attn_lib.update_kv_cache(cache_k, cache_v, k, v, index)
-    o = attn_lib.dot_product_attention(q, k, v, mask=mask, bias=bias, scale=cfg.attn_scale)
+    o = blockwise.attend(q, k, v, plan, bias=bias, scale=cfg.attn_scale)
     return attn_lib.out_projection(p, o), (k, v)
 
 
-def _encoder_block(p, x, mask, bias, cfg, rng):
+def _encoder_block(p, x, plan, bias, cfg, rng):
     """Self-attention and MLP over the source. ``x: [B, S, D]``."""
     r1, r2 = _split(rng, 2)
-    attn = lambda h: _self_attention(p["attn"], h, mask, bias, cfg)  # noqa: E731
+    attn = lambda h: _self_attention(p["attn"], h, plan, bias, cfg)  # noqa: E731
     x, _ = _sublayer(p["attn_norm"], x, attn, cfg, r1)
     x, _ = _sublayer(p["mlp_norm"], x, lambda h: (mlp(p["mlp"], h, kind=cfg.mlp), None), cfg, r2)
     return constrain(x, ACT_AXES)
@@ -142,14 +142,14 @@ def _encoder_block(p, x, mask, bias, cfg, rng):
 def _decoder_block(p, x, ctx, cfg, rng, kv=None):
     """Causal self-attention, cross-attention and MLP. ``x: [B, T, D]``.
 
-    ``ctx`` = (self mask, self bias, (cross k, cross v), cross mask); returns ``(x, (k, v))``.
+    ``ctx`` = (self plan, self bias, (cross k, cross v), cross plan); returns ``(x, (k, v))``.
     """
-    self_mask, self_bias, cross, cross_mask = ctx
+    self_plan, self_bias, cross, cross_plan = ctx
     r1, r2, r3 = _split(rng, 3)
-    attn = lambda h: _self_attention(p["attn"], h, self_mask, self_bias, cfg, kv)  # noqa: E731
+    attn = lambda h: _self_attention(p["attn"], h, self_plan, self_bias, cfg, kv)  # noqa: E731
     x, new_kv = _sublayer(p["attn_norm"], x, attn, cfg, r1)
     xattn = lambda h: (  # noqa: E731
-        cross_attention(p["cross_attn"], h, cross, mask=cross_mask, scale=cfg.attn_scale),
+        cross_attention(p["cross_attn"], h, cross, cross_plan, scale=cfg.attn_scale),
         None,
     )
     x, _ = _sublayer(p["cross_norm"], x, xattn, cfg, r2)
@@ -197,6 +197,13 @@ def _fold(rng, i):
     return None if rng is None else jax.random.fold_in(rng, i)
 
 
+def _plan(cfg, rule, impl, *, self_attention=True):
+    """An attention plan; T5's relative bias keeps self-attention dense."""
+    if self_attention and cfg.position == "relative":
+        impl = "dense"
+    return blockwise.plan_attention(rule, impl=impl, dtype=cfg.dtype, head_dim=cfg.dim_per_head)
+
+
 def encode(
     params: dict,
     inputs: jax.Array,
@@ -213,14 +220,15 @@ def encode(
     b, s = inputs.shape
     mask_ids = jnp.ones((b, s), jnp.int32) if input_mask is None else input_mask.astype(jnp.int32)
     pos = _arange(b, s)
-    mask = attn_lib.attention_mask(pos, pos, causal=False, q_segment=mask_ids, k_segment=mask_ids)
+    rule = attn_lib.MaskRule(pos, pos, mask_ids, mask_ids, causal=False)
+    plan = _plan(cfg, rule, cfg.attention_impl)
     p = params["encoder"]
     bias = _relative_bias(p, pos, pos, cfg, bidirectional=True)
     x = _embed(params, p, inputs, pos, cfg, _fold(rng, 0))
 
     def body(x, layer):
         lp, i = layer
-        return _encoder_block(lp, x, mask, bias, cfg, _fold(rng, i + 1)), None
+        return _encoder_block(lp, x, plan, bias, cfg, _fold(rng, i + 1)), None
 
     if cfg.remat:
         body = jax.checkpoint(body)
@@ -228,20 +236,21 @@ def encode(
     return _finish(p, x, cfg, _fold(rng, cfg.n_encoder_layers + 1))
 
 
-def _cross_mask(q_pos, input_mask):
-    """``[B, 1, T, S]``: decoder queries see the real (unpadded) source tokens."""
+def _cross_plan(q_pos, input_mask, cfg, impl):
+    """Cross-attention's plan: decoder queries see the real (unpadded) source tokens."""
     k_pos = _arange(*input_mask.shape)
     q_seg, k_seg = jnp.ones_like(q_pos), input_mask.astype(q_pos.dtype)
-    return attn_lib.attention_mask(q_pos, k_pos, causal=False, q_segment=q_seg, k_segment=k_seg)
+    rule = attn_lib.MaskRule(q_pos, k_pos, q_seg, k_seg, causal=False)
+    return _plan(cfg, rule, impl, self_attention=False)
 
 
 def _decode(params, tokens, positions, masks, cross, cfg, rng, self_kv=None):
     """The decoder stack and LM head: ``tokens [B, T]`` -> ``(logits [B, T, V], (k, v) | None)``.
 
-    ``masks`` = (self mask, k positions for the relative bias, cross mask); ``cross`` = the
+    ``masks`` = (self plan, k positions for the relative bias, cross plan); ``cross`` = the
     stacked cross-attention ``(k, v) [L, B, S, N, H]``; ``self_kv`` = (k, v, index) of a cache.
     """
-    self_mask, k_pos, cross_mask = masks
+    self_plan, k_pos, cross_plan = masks
     p = params["decoder"]
     bias = _relative_bias(p, positions, k_pos, cfg, bidirectional=False)
     x = _embed(params, p, tokens, positions, cfg, _fold(rng, 0))
@@ -249,7 +258,7 @@ def _decode(params, tokens, positions, masks, cross, cfg, rng, self_kv=None):
 
     def body(x, layer):
         lp, ck, cv, i, kv = layer
-        ctx = (self_mask, bias, (ck, cv), cross_mask)
+        ctx = (self_plan, bias, (ck, cv), cross_plan)
         kv = None if kv is None else (*kv, index)
         x, new_kv = _decoder_block(lp, x, ctx, cfg, _fold(rng, i + 1), kv)
         return x, (None if kv is None else new_kv)
@@ -322,8 +331,9 @@ def apply(
     pos = _arange(*tokens.shape)
     seg = batch.get("decoder_mask")
     seg = None if seg is None else seg.astype(jnp.int32)
-    self_mask = attn_lib.attention_mask(pos, pos, q_segment=seg, k_segment=seg)
-    masks = (self_mask, pos, _cross_mask(pos, input_mask))
+    impl = cfg.attention_impl
+    self_plan = _plan(cfg, attn_lib.MaskRule(pos, pos, seg, seg), impl)
+    masks = (self_plan, pos, _cross_plan(pos, input_mask, cfg, impl))
     logits, _ = _decode(params, tokens, pos, masks, _all_cross_kv(params, enc), cfg, _fold(rng, 1))
     out = {"logits": logits}
     if return_hidden:
@@ -399,9 +409,9 @@ def apply_cached(
     positions = positions.astype(jnp.int32)
     k_pos = jax.lax.dynamic_update_slice(cache["pos"], positions, (0, index))
     masks = (
-        attn_lib.attention_mask(positions, k_pos),
+        _plan(cfg, attn_lib.MaskRule(positions, k_pos), "dense"),
         k_pos,
-        _cross_mask(positions, cache["input_mask"]),
+        _cross_plan(positions, cache["input_mask"], cfg, "dense"),
     )
     cross = (cache["cross_k"], cache["cross_v"])
     self_kv = (cache["k"], cache["v"], index)

@@ -9,6 +9,7 @@ import dataclasses
 
 from llmzoo.config import ModelConfig, check_range
 from llmzoo.errors import ConfigError
+from llmzoo.layers import blockwise
 from llmzoo.layers.mlp import ACTIVATIONS, GATED
 
 CHOICES = {
@@ -51,6 +52,9 @@ class Seq2SeqConfig(ModelConfig):
         attn_scale: logit scale override (None: H ** -0.5; T5 uses 1.0).
         pad_id, eos_id: the padding and end-of-sequence ids.
         decoder_start_id: the first decoder input (T5: the pad id 0; BART: the eos id 2).
+        attention_impl: ``dense``, ``blockwise`` (O(T) memory), ``cudnn`` or ``auto``; see
+            :mod:`llmzoo.layers.blockwise`. T5's relative bias needs ``dense`` self-attention
+            (``auto`` then changes cross-attention only); cached decoding runs ``dense``.
     """
 
     FAMILIES = ("t5", "bart")
@@ -84,6 +88,7 @@ class Seq2SeqConfig(ModelConfig):
     pad_id: int | None = 0
     eos_id: int | None = 1
     decoder_start_id: int | None = 0
+    attention_impl: str = "dense"
 
     def __post_init__(self):
         super().__post_init__()
@@ -107,6 +112,8 @@ class Seq2SeqConfig(ModelConfig):
                 raise ConfigError(
                     f"model.{key}={getattr(self, key)!r} is unknown; use {', '.join(allowed)}"
                 )
+        rel = "T5's relative position bias" if self.position == "relative" else None
+        blockwise.check_attention_impl(self.attention_impl, dense_bias=rel)
 
     @property
     def position_limit(self) -> int | None:
