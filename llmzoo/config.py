@@ -16,6 +16,8 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+import jax
+import jax.numpy as jnp
 import yaml
 
 from llmzoo.errors import ConfigError
@@ -61,6 +63,7 @@ class RopeScaling:
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots_saveable")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -77,8 +80,14 @@ class ModelConfig:
         max_seq_len: the longest sequence the model is meant to see.
         dropout: dropout rate in training (0 disables it).
         init_std: std of the normal initializer.
-        dtype: compute dtype (``float32``, ``bfloat16`` or ``float16``); params stay float32.
-        remat: rematerialise each block in the backward pass.
+        dtype: compute dtype: ``float32``, ``bfloat16``, ``float16`` or ``auto`` (bfloat16 on GPU
+            and TPU, float32 on CPU; resolved by :attr:`compute_dtype` when the model runs).
+        param_dtype: storage dtype of the params (``float32`` default: mixed precision keeps
+            float32 master weights and casts them to the compute dtype in each matmul).
+        remat: what each block keeps for the backward pass: ``none`` (every activation),
+            ``full`` (only the block's input: recompute the block) or ``dots_saveable`` (the
+            matmul outputs: recompute only the cheap elementwise ops). Run configs written
+            before the policies existed say ``true`` (``full``) or ``false`` (``none``).
     """
 
     FAMILIES: ClassVar[tuple[str, ...]] = ()  # the kind's families; set by each subclass
@@ -89,8 +98,9 @@ class ModelConfig:
     max_seq_len: int = 1024
     dropout: float = 0.0
     init_std: float = 0.02
-    dtype: str = "float32"
-    remat: bool = False
+    dtype: str = "auto"
+    param_dtype: str = "float32"
+    remat: str | bool = "none"
 
     def __post_init__(self):
         own = type(self).__dataclass_fields__["kind"].default
@@ -108,13 +118,31 @@ class ModelConfig:
         check_range("model.max_seq_len", self.max_seq_len, lo=1)
         check_range("model.dropout", self.dropout, lo=0.0, hi=1.0, hi_open=True)
         check_range("model.init_std", self.init_std, lo=0.0)
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"model.dtype={self.dtype!r}; use float32, bfloat16 or float16")
+        if self.dtype not in ("auto", *DTYPES):
+            raise ConfigError(f"model.dtype={self.dtype!r}; use auto, float32, bfloat16 or float16")
+        if self.param_dtype not in DTYPES:
+            raise ConfigError(
+                f"model.param_dtype={self.param_dtype!r}; use float32, bfloat16 or float16"
+            )
+        if isinstance(self.remat, bool):  # a run config from before the remat policies
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
+        if self.remat not in REMAT_POLICIES:
+            raise ConfigError(
+                f"model.remat={self.remat!r} is unknown; use {', '.join(REMAT_POLICIES)}"
+            )
 
     @property
     def position_limit(self) -> int | None:
         """The hard limit on sequence length (a learned position table), or None."""
         return None
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        """The dtype activations are computed in: ``dtype``, with ``auto`` resolved by backend."""
+        if self.dtype != "auto":
+            return jnp.dtype(self.dtype)
+        accelerated = jax.default_backend() in ("gpu", "tpu")
+        return jnp.dtype(jnp.bfloat16 if accelerated else jnp.float32)
 
 
 def check_range(
@@ -142,6 +170,9 @@ class Range:
     lo_open: bool = False
     hi_open: bool = False
 
+
+# The named sharding strategies (their meshes are in llmzoo.sharding, which checks they agree).
+STRATEGIES = ("dp", "fsdp", "tp", "fsdp+tp")
 
 _OPEN_UNIT = Range(0.0, 1.0, lo_open=True, hi_open=True)
 _POSITIVE = Range(0.0, lo_open=True)
@@ -175,6 +206,7 @@ RULES: dict[str, Range | tuple[str, ...]] = {
         key: Range(lo=1) for key in ("ckpt_every", "keep_checkpoints", "log_every", "sample_tokens")
     },
     **{key: Range(lo=-1) for key in ("mesh_data", "mesh_fsdp", "mesh_tensor")},
+    "strategy": STRATEGIES,
     "seed": Range(lo=0),
     "on_nan": ("stop", "skip_step"),
 }
@@ -189,6 +221,8 @@ def check_rules(cfg, prefix: str = "") -> None:
     for field in dataclasses.fields(cfg):
         name = f"{prefix}{field.name}"
         rule, value = RULES.get(name), getattr(cfg, field.name)
+        if value is None:  # an optional field left unset
+            continue
         if isinstance(rule, Range):
             check_range(
                 name, value, lo=rule.lo, hi=rule.hi, lo_open=rule.lo_open, hi_open=rule.hi_open
@@ -327,7 +361,16 @@ class TrainConfig:
         eval_every, eval_batches: periodic validation.
         ckpt_every, keep_checkpoints: Orbax checkpointing cadence and ``max_to_keep``.
         log_every: metrics cadence.
-        mesh_data, mesh_fsdp, mesh_tensor: device mesh shape (-1 = the rest).
+        strategy: how training is sharded over all devices: ``dp`` (data parallel), ``fsdp``
+            (params and optimizer state sharded too), ``tp`` (tensor parallel) or ``fsdp+tp``
+            (tensor parallel of size ``mesh_tensor``, fsdp over the rest); see
+            :mod:`llmzoo.sharding`.
+        mesh_data, mesh_fsdp, mesh_tensor: explicit device mesh sizes (-1 = the rest); each one
+            set replaces the strategy's size for that axis (``strategy=fsdp mesh_data=2``: two
+            fsdp groups). None (the default) leaves it to the strategy.
+        sharding_rules: overrides of the logical-axis rules table (``llmzoo.sharding.RULES``), a
+            YAML mapping from logical axis to a mesh axis, a list of them, or null (replicated),
+            e.g. ``{vocab: null}``; held as ``(name, axes)`` pairs. Checked when the mesh is built.
         init_from: a run directory (or converted checkpoint) whose params initialise training.
         sample_prompt, sample_tokens: the sample printed at the end of training.
         on_nan: on a non-finite loss or gradient norm, ``stop`` (raise, naming the step; no
@@ -350,9 +393,11 @@ class TrainConfig:
     ckpt_every: int = 200
     keep_checkpoints: int = 3
     log_every: int = 10
-    mesh_data: int = -1
-    mesh_fsdp: int = 1
-    mesh_tensor: int = 1
+    strategy: str = "dp"
+    mesh_data: int | None = None
+    mesh_fsdp: int | None = None
+    mesh_tensor: int | None = None
+    sharding_rules: tuple[tuple[str, str | tuple[str, ...] | None], ...] = ()
     init_from: str | None = None
     sample_prompt: str = "The "
     sample_tokens: int = 64
@@ -363,6 +408,11 @@ class TrainConfig:
         for key in ("mesh_data", "mesh_fsdp", "mesh_tensor"):
             if getattr(self, key) == 0:
                 raise ConfigError(f"{key}=0; use a positive axis size, or -1 for the rest")
+        if self.strategy == "fsdp+tp" and self.mesh_tensor is None:
+            raise ConfigError(
+                "strategy='fsdp+tp' needs mesh_tensor, the tensor-parallel size (e.g. "
+                "mesh_tensor=2); the fsdp axis takes the remaining devices"
+            )
         if self.optim.warmup_steps > self.steps:
             raise ConfigError(
                 f"optim.warmup_steps={self.optim.warmup_steps} exceeds steps={self.steps}; "
@@ -414,12 +464,23 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is str:
         return isinstance(value, str), value
     if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            return False, value
-        (elem, *_) = typing.get_args(tp)
-        checked = [_type_ok(v, elem) for v in value]
-        return all(ok for ok, _ in checked), tuple(v for _, v in checked)
+        return _tuple_ok(value, typing.get_args(tp))
     return True, value
+
+
+def _tuple_ok(value: Any, args: tuple) -> tuple[bool, Any]:
+    """``tuple[X, ...]`` (a list of X), ``tuple[X, Y]`` (a pair), or, for a tuple of pairs, a
+    mapping (its items, e.g. ``sharding_rules``)."""
+    homogeneous = len(args) == 2 and args[1] is Ellipsis
+    if isinstance(value, Mapping) and homogeneous and typing.get_origin(args[0]) is tuple:
+        value = list(value.items())
+    if not isinstance(value, (list, tuple)):
+        return False, value
+    elems = [args[0]] * len(value) if homogeneous else list(args)
+    if len(elems) != len(value):
+        return False, value
+    checked = [_type_ok(v, e) for v, e in zip(value, elems, strict=True)]
+    return all(ok for ok, _ in checked), tuple(v for _, v in checked)
 
 
 def _type_name(tp: Any) -> str:

@@ -105,6 +105,12 @@ class _Stacked:
         return jax.vmap(lambda k: self.inner(k, shape[1:], dtype))(keys)
 
 
+def with_dtype(specs: Any, dtype: Any) -> Any:
+    """``specs`` with every leaf's storage dtype set to ``dtype`` (a model's ``param_dtype``)."""
+    dtype = jnp.dtype(dtype)
+    return jax.tree.map(lambda s: dataclasses.replace(s, dtype=dtype), specs, is_leaf=is_spec)
+
+
 def abstract_params(specs: Any) -> Any:
     """Maps a spec tree to a tree of ``jax.ShapeDtypeStruct``."""
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), specs, is_leaf=is_spec)

@@ -11,11 +11,15 @@ from llmzoo.models import decoder
 from llmzoo.params import ParamSpec, init_params
 from llmzoo.presets import get_model_preset
 from llmzoo.sharding import (
+    STRATEGY_MESHES,
     batch_sharding,
+    batch_shards,
     constrain,
     logical_to_spec,
     make_mesh,
     param_shardings,
+    resolve_rules,
+    strategy_mesh,
 )
 
 P = PartitionSpec
@@ -71,25 +75,55 @@ def test_logical_to_spec(mesh222):
     assert logical_to_spec(("mlp", "embed"), rules=custom) == P(("data", "fsdp"), "tensor")
 
 
-def test_param_shardings_replicates_non_divisible(mesh222):
+def test_param_shardings_replicates_only_harmless_non_divisible_dims(mesh222):
     specs = {
         "ok": ParamSpec((8, 6), logical_axes=("embed", "mlp")),
-        "odd": ParamSpec((3, 5), logical_axes=("embed", "mlp")),
-        "mixed": ParamSpec((4, 7, 2), logical_axes=("layers", "vocab", "embed")),
+        "odd_embed": ParamSpec((3, 6), logical_axes=("embed", "mlp")),
+        "mixed": ParamSpec((4, 3, 2), logical_axes=("layers", "kv_heads", "embed")),
         "unnamed": ParamSpec((4, 4)),
     }
     sh = param_shardings(specs, mesh222)
     assert all(isinstance(s, NamedSharding) for s in jax.tree.leaves(sh))
     assert sh["ok"].spec == P("fsdp", "tensor")
-    assert sh["odd"].spec == P(None, None)
-    assert sh["mixed"].spec == P(None, None, "fsdp")
+    assert sh["odd_embed"].spec == P(None, "tensor")  # embed 3 over fsdp 2: replicated
+    assert sh["mixed"].spec == P(None, None, "fsdp")  # 3 KV heads over tensor 2: replicated
     assert sh["unnamed"].spec == P(None, None)
+
+
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        (ParamSpec((8, 5), logical_axes=("embed", "mlp")), r"model.d_ff=5 .* tensor axis \(2\)"),
+        (ParamSpec((7, 8), logical_axes=("vocab", "embed")), r"model.vocab_size=7 .* \(param w\)"),
+        (ParamSpec((8, 3, 4), logical_axes=("embed", "heads", None)), "model.n_heads=3"),
+    ],
+)
+def test_param_shardings_rejects_non_divisible_tensor_dims(mesh222, spec, match):
+    with pytest.raises(ConfigError, match=match):
+        param_shardings({"w": spec}, mesh222)
+    dp = param_shardings({"w": spec}, make_mesh(data=8))["w"]  # no tensor axis: nothing to split
+    assert dp.is_fully_replicated
+
+
+def test_rules_overrides_and_strategy_meshes():
+    rules = resolve_rules((("vocab", None), ("mlp", ["data", "fsdp"])))
+    assert dict(rules)["vocab"] is None and dict(rules)["mlp"] == ("data", "fsdp")
+    assert dict(rules)["heads"] == "tensor"  # entries not overridden keep the default
+    tensor = {"fsdp+tp": 2}
+    shapes = {
+        n: tuple(strategy_mesh(n, tensor=tensor.get(n)).shape.values()) for n in STRATEGY_MESHES
+    }
+    assert shapes == {"dp": (8, 1, 1), "fsdp": (1, 8, 1), "tp": (1, 1, 8), "fsdp+tp": (1, 4, 2)}
+    assert tuple(strategy_mesh("fsdp", data=2).shape.values()) == (2, 4, 1)
+    with pytest.raises(ConfigError, match=r"strategy='zero3' is unknown; use one of dp, fsdp"):
+        strategy_mesh("zero3")
+    assert batch_shards(make_mesh(2, 2, 2)) == 4 and batch_shards(make_mesh(1, 1, 8)) == 1
 
 
 def test_init_params_places_shards(mesh222):
     specs = {
         "w": ParamSpec((8, 6), logical_axes=("embed", "mlp")),
-        "odd": ParamSpec((3, 5), logical_axes=("embed", "mlp")),
+        "odd": ParamSpec((3, 5), logical_axes=("embed", "kv_heads")),
     }
     sh = param_shardings(specs, mesh222)
     params = init_params(jax.random.key(0), specs, sh)

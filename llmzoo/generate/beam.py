@@ -20,6 +20,7 @@ import numpy as np
 
 from llmzoo.config import ModelConfig
 from llmzoo.errors import GenerationError
+from llmzoo.generate.kind_params import decode_params
 from llmzoo.models import registry
 
 NEG = -1.0e9  # Hugging Face's "impossible" score
@@ -179,6 +180,7 @@ def _search(
 ):
     """The jitted search: returns ``(sequences [B, N], lengths [B])`` of each row's best beam."""
     module = registry.get(cfg.kind)
+    params = decode_params(params, cfg)
     k, n = num_beams, max_new_tokens
     norms = _length_norms(n, length_penalty)
     logits, cache, next_pos = _prefill(params, batch, cfg, n)

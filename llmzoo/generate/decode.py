@@ -17,6 +17,7 @@ import numpy as np
 from llmzoo.config import ModelConfig
 from llmzoo.errors import GenerationError
 from llmzoo.generate.beam import beam_search
+from llmzoo.generate.kind_params import decode_params
 from llmzoo.generate.sampling import check_sampling, sample
 from llmzoo.models import registry
 
@@ -40,6 +41,7 @@ def _generate(
     stop_tokens,
 ):
     kind = registry.get(cfg.kind)
+    params = decode_params(params, cfg)
     b, p = tokens.shape
     cache = kind.init_cache(params, batch, cfg=cfg, max_len=p + max_new_tokens)
     logits, cache = kind.apply_cached(params, tokens, cache, cfg=cfg, positions=positions)

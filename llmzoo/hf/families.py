@@ -158,7 +158,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
 
 
 # Fields that do not change what a checkpoint computes at inference.
-_TRAINING_ONLY = ("dropout", "init_std", "dtype", "remat")
+_TRAINING_ONLY = ("dropout", "init_std", "dtype", "param_dtype", "remat")
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:

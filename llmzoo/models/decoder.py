@@ -15,125 +15,30 @@ Param tree (layers stacked on a leading axis L)::
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 
-from llmzoo.config import ModelConfig, RopeScaling, check_range
-from llmzoo.errors import ConfigError, DataError
+from llmzoo.errors import DataError
 from llmzoo.layers import attention as attn_lib
-from llmzoo.layers import blockwise, positional
+from llmzoo.layers import blockwise, kv_cache, positional
 from llmzoo.layers.mlp import mlp, mlp_specs
 from llmzoo.layers.norms import apply_norm, norm_specs
+from llmzoo.layers.remat import remat
 from llmzoo.layers.residual import dropout
-from llmzoo.params import ParamSpec, init_params, normal, stack
-from llmzoo.sharding import constrain
+from llmzoo.models.decoder_cache import (
+    cache_plan,
+    empty_cache,
+    layer_params,
+    select_rows,
+    unstack_layers,
+)
+from llmzoo.models.decoder_config import DecoderConfig
+from llmzoo.params import ParamSpec, init_params, normal, stack, with_dtype
+from llmzoo.sharding import constrain, take_rows
 
 ACT_AXES = ("batch", "seq", "embed")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DecoderConfig(ModelConfig):
-    """A decoder-only transformer (kind ``decoder``). Families differ only in these switches.
-
-    The shared fields (vocab_size, max_seq_len, dropout, init_std, dtype, remat) are documented
-    on :class:`llmzoo.config.ModelConfig`.
-
-    Attributes:
-        family: ``gpt2``, ``llama``, ``mistral``, ``qwen2``, ``gemma`` or ``gpt_neox``.
-        d_model: D.
-        n_layers: number of blocks L.
-        n_heads: N query heads.
-        n_kv_heads: K key/value heads (None: K = N; 1: MQA).
-        head_dim: H (None: D / N).
-        d_ff: F, the MLP hidden width.
-        position: ``learned``, ``rope``, ``alibi``, ``sinusoidal`` or ``none``.
-        rope_theta: RoPE base.
-        rope_fraction: fraction of H rotated (GPT-NeoX partial rotary).
-        rope_scaling: optional :class:`RopeScaling`.
-        norm: ``layernorm`` or ``rmsnorm``; norm_eps its epsilon; norm_bias LayerNorm bias.
-        norm_zero_centered: RMSNorm scales by ``1 + w`` (Gemma).
-        mlp: activation or gated kind (``gelu_tanh``, ``swiglu``, ``geglu`` ...); mlp_bias.
-        qkv_bias, out_bias: biases on the q/k/v and output projections.
-        parallel_residual: ``x + attn(norm1(x)) + mlp(norm2(x))`` (GPT-NeoX, GPT-J).
-        sliding_window: attend to at most this many most recent keys (Mistral).
-        tie_embeddings: the LM head is the transposed embedding table.
-        embed_scale: multiply embeddings by sqrt(D) (Gemma).
-        attn_scale: logit scale override (default H ** -0.5).
-        init_std: init std; output projections use ``init_std / sqrt(2 L)`` (GPT-2).
-        attention_impl: ``dense``, ``blockwise`` (O(T) memory), ``cudnn`` or ``auto``; see
-            :mod:`llmzoo.layers.blockwise`. Decoding with a KV cache always runs ``dense``.
-    """
-
-    FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "gpt_neox")
-
-    kind: str = "decoder"
-    family: str = "gpt2"
-    d_model: int = 768
-    n_layers: int = 12
-    n_heads: int = 12
-    n_kv_heads: int | None = None
-    head_dim: int | None = None
-    d_ff: int = 3072
-    position: str = "learned"
-    rope_theta: float = 10000.0
-    rope_fraction: float = 1.0
-    rope_scaling: RopeScaling | None = None
-    norm: str = "layernorm"
-    norm_eps: float = 1e-5
-    norm_bias: bool = True
-    norm_zero_centered: bool = False
-    mlp: str = "gelu_tanh"
-    mlp_bias: bool = True
-    qkv_bias: bool = True
-    out_bias: bool = True
-    parallel_residual: bool = False
-    sliding_window: int | None = None
-    tie_embeddings: bool = True
-    embed_scale: bool = False
-    attn_scale: float | None = None
-    init_std: float = 0.02
-    attention_impl: str = "dense"
-
-    def __post_init__(self):
-        super().__post_init__()
-        for key in ("d_model", "n_layers", "n_heads", "d_ff"):
-            check_range(f"model.{key}", getattr(self, key), lo=1)
-        if self.head_dim is None and self.d_model % self.n_heads:
-            raise ConfigError(
-                f"model.n_heads={self.n_heads} does not divide model.d_model={self.d_model}; "
-                "choose n_heads that divides d_model or set model.head_dim"
-            )
-        if self.n_heads % self.kv_heads:
-            raise ConfigError(
-                f"model.n_kv_heads={self.n_kv_heads} must divide model.n_heads={self.n_heads}"
-            )
-        if self.position not in ("learned", "rope", "alibi", "sinusoidal", "none"):
-            raise ConfigError(
-                f"model.position={self.position!r} is unknown; "
-                "use learned, rope, alibi, sinusoidal or none"
-            )
-        if self.norm not in ("layernorm", "rmsnorm"):
-            raise ConfigError(f"model.norm={self.norm!r} is unknown; use layernorm or rmsnorm")
-        blockwise.check_attention_impl(self.attention_impl)
-
-    @property
-    def position_limit(self) -> int | None:
-        return self.max_seq_len if self.position == "learned" else None
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_heads or self.n_heads
-
-    @property
-    def dim_per_head(self) -> int:
-        return self.head_dim or self.d_model // self.n_heads
-
-    @property
-    def rotary_dim(self) -> int:
-        return int(self.dim_per_head * self.rope_fraction)
 
 
 def param_specs(cfg: DecoderConfig) -> dict:
@@ -175,7 +80,7 @@ def param_specs(cfg: DecoderConfig) -> dict:
         specs["lm_head"] = {
             "w": ParamSpec((d, cfg.vocab_size), logical_axes=("embed", "vocab"), init=normal(std))
         }
-    return specs
+    return with_dtype(specs, cfg.param_dtype)
 
 
 def init(key: jax.Array, cfg: DecoderConfig, shardings=None) -> dict:
@@ -198,10 +103,10 @@ def _attention(p, x, positions, plan, cfg, kv):
         )
         q = positional.apply_rope(q, positions, inv_freq, attention_factor=factor)
         k = positional.apply_rope(k, positions, inv_freq, attention_factor=factor)
-    if kv is not None:  # decoding: write the new keys into the cache, attend over all of it
-        cache_k, cache_v, index = kv
-        k, v = attn_lib.update_kv_cache(cache_k, cache_v, k, v, index)
-    o = blockwise.attend(q, k, v, plan, scale=cfg.attn_scale)
+    if kv is not None:  # decoding: write the new keys, attend over the filled slots
+        o, (k, v) = kv_cache.cached_attention(q, k, v, kv, plan, scale=cfg.attn_scale)
+    else:
+        o = blockwise.attend(q, k, v, plan, scale=cfg.attn_scale)
     return attn_lib.out_projection(p, o), (k, v)
 
 
@@ -221,32 +126,32 @@ def _block(p, x, positions, plan, cfg, rng, kv=None):
 
 def _embed(params, tokens, positions, cfg, rng):
     """Token (+ position) embeddings. ``tokens: [B, T]`` -> ``[B, T, D]``."""
-    dtype = jnp.dtype(cfg.dtype)
-    x = params["embed"]["table"].astype(dtype)[tokens]
+    dtype = cfg.compute_dtype
+    x = take_rows(params["embed"]["table"].astype(dtype), tokens)
     if cfg.embed_scale:
         x = x * jnp.asarray(math.sqrt(cfg.d_model), dtype)
     if cfg.position == "learned":
-        x = x + params["pos_embed"]["table"].astype(dtype)[jnp.clip(positions, 0)]
+        x = x + take_rows(params["pos_embed"]["table"].astype(dtype), jnp.clip(positions, 0), None)
     elif cfg.position == "sinusoidal":
         x = x + positional.sinusoidal(jnp.clip(positions, 0), cfg.d_model).astype(dtype)
     return constrain(dropout(x, cfg.dropout, rng), ACT_AXES)
 
 
-def _logits(params, x, cfg):
-    """Final norm and LM head. ``x: [B, T, D]`` -> ``[B, T, V]`` float32."""
+def _logits(params, x, cfg, dtype=jnp.float32):
+    """Final norm and LM head. ``x: [B, T, D]`` -> ``[B, T, V]`` in ``dtype``."""
     x = _norm(params["final_norm"], x, cfg)
     if cfg.tie_embeddings:
         w = params["embed"]["table"].astype(x.dtype)
-        return jnp.einsum("btd,vd->btv", x, w, preferred_element_type=jnp.float32)
+        return jnp.einsum("btd,vd->btv", x, w, preferred_element_type=dtype)
     w = params["lm_head"]["w"].astype(x.dtype)
-    return jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
+    return jnp.einsum("btd,dv->btv", x, w, preferred_element_type=dtype)
 
 
 def _plan(cfg, rule, impl):
     """The attention plan of one forward pass (mask, ALiBi) for ``impl``."""
     slopes = positional.alibi_slopes(cfg.n_heads) if cfg.position == "alibi" else None
     return blockwise.plan_attention(
-        rule, impl=impl, dtype=cfg.dtype, head_dim=cfg.dim_per_head, alibi_slopes=slopes
+        rule, impl=impl, dtype=cfg.compute_dtype, head_dim=cfg.dim_per_head, alibi_slopes=slopes
     )
 
 
@@ -282,7 +187,8 @@ def apply(
         return_hidden: also return the residual stream after every block.
 
     Returns:
-        ``{'logits': [B, T, V] float32}``, plus ``'hidden': [L, B, T, D]`` if ``return_hidden``.
+        ``{'logits': [B, T, V]}`` in the compute dtype (a loss takes its log-softmax in
+        float32), plus ``'hidden': [L, B, T, D]`` if ``return_hidden``.
 
     Raises:
         DataError: learned positions and T > ``cfg.max_seq_len``.
@@ -306,10 +212,9 @@ def apply(
         x, _ = _block(p, x, positions, plan, cfg, layer_rng)
         return x, (x if return_hidden else None)
 
-    if cfg.remat:
-        body = jax.checkpoint(body)
+    body = remat(body, cfg.remat)
     x, hidden = jax.lax.scan(body, x, (params["layers"], jnp.arange(cfg.n_layers)))
-    out = {"logits": _logits(params, x, cfg)}
+    out = {"logits": _logits(params, x, cfg, cfg.compute_dtype)}
     if return_hidden:
         out["hidden"] = hidden
     return out
@@ -323,35 +228,33 @@ def init_cache(params: dict, batch: dict, *, cfg: DecoderConfig, max_len: int, d
         batch: the prompt batch; only the batch size B of ``tokens [B, P]`` is read.
         cfg: the model config.
         max_len: S, the most tokens (prompt + generated) a row will hold.
-        dtype: cache dtype (default ``cfg.dtype``).
+        dtype: cache dtype (default ``cfg.compute_dtype``; ``bfloat16`` halves its memory traffic).
 
     Returns:
-        ``{'k', 'v': [L, B, S, K, H], 'pos': [B, S] int32 (-1 = empty), 'index': int32 scalar}``.
+        ``{'k', 'v': L-tuples of [B, K, S, H], 'pos': [B, S] int32 (-1 = empty), 'index': int32
+        scalar}`` (see :mod:`llmzoo.models.decoder_cache`).
 
     Raises:
         DataError: learned positions and S > ``cfg.max_seq_len``.
     """
     del params
     _check_length(max_len, cfg, "a KV cache", "limit prompt + max_new_tokens")
-    dtype = jnp.dtype(dtype or cfg.dtype)
     b = batch["tokens"].shape[0]
-    shape = (cfg.n_layers, b, max_len, cfg.kv_heads, cfg.dim_per_head)
-    return {
-        "k": jnp.zeros(shape, dtype),
-        "v": jnp.zeros(shape, dtype),
-        "pos": jnp.full((b, max_len), -1, jnp.int32),
-        "index": jnp.zeros((), jnp.int32),
-    }
+    return empty_cache(cfg, b, max_len, jnp.dtype(dtype or cfg.compute_dtype))
 
 
 def select_cache(cache: dict, index: jax.Array) -> dict:
     """Gathers cache rows ``index [B']`` (beam search reorders and expands rows with it)."""
-    return {
-        "k": cache["k"][:, index],
-        "v": cache["v"][:, index],
-        "pos": cache["pos"][index],
-        "index": cache["index"],
-    }
+    return select_rows(cache, index)
+
+
+def decode_params(params: dict, *, cfg: DecoderConfig) -> dict:
+    """``params`` laid out for :func:`apply_cached`: per-layer weights as separate buffers.
+
+    Optional: :func:`apply_cached` also takes the stacked tree. Decoding loops call it once,
+    before the loop (see :func:`llmzoo.models.decoder_cache.unstack_layers`).
+    """
+    return unstack_layers(params, cfg.n_layers)
 
 
 def apply_cached(
@@ -364,8 +267,11 @@ def apply_cached(
 ) -> tuple[jax.Array, dict]:
     """Runs T new tokens against a KV cache (prefill with T = prompt length, decode with T = 1).
 
+    Attention reads only the cache's filled slots, so a step costs the current length, not
+    the capacity; layers run in a Python loop so that each layer's cache is updated in place.
+
     Args:
-        params: the param tree.
+        params: the param tree, stacked or from :func:`decode_params`.
         tokens: ``[B, T]`` new tokens.
         cache: from :func:`init_cache` or a previous call.
         cfg: the model config.
@@ -375,17 +281,17 @@ def apply_cached(
         ``(logits [B, T, V] float32, updated cache)``.
     """
     index = cache["index"]
-    k_pos = jax.lax.dynamic_update_slice(cache["pos"], positions.astype(jnp.int32), (0, index))
-    plan = _plan(cfg, attn_lib.MaskRule(positions, k_pos, window=cfg.sliding_window), "dense")
+    positions = positions.astype(jnp.int32)
+    k_pos = jax.lax.dynamic_update_slice(cache["pos"], positions, (0, index))
+    plan = cache_plan(cfg, positions, k_pos, index + tokens.shape[1])
     x = _embed(params, tokens, positions, cfg, None)
-
-    def body(x, layer):
-        p, ck, cv = layer
-        x, (k, v) = _block(p, x, positions, plan, cfg, None, kv=(ck, cv, index))
-        return x, (k, v)
-
-    x, (ks, vs) = jax.lax.scan(body, x, (params["layers"], cache["k"], cache["v"]))
-    new_cache = {"k": ks, "v": vs, "pos": k_pos, "index": index + tokens.shape[1]}
+    ks, vs = [], []
+    for i, p in enumerate(layer_params(params["layers"], cfg.n_layers)):
+        kv = (cache["k"][i], cache["v"][i], index)
+        x, (k, v) = _block(p, x, positions, plan, cfg, None, kv=kv)
+        ks.append(k)
+        vs.append(v)
+    new_cache = {"k": tuple(ks), "v": tuple(vs), "pos": k_pos, "index": index + tokens.shape[1]}
     return _logits(params, x, cfg), new_cache
 
 
@@ -397,4 +303,5 @@ __all__ = [
     "init_cache",
     "apply_cached",
     "select_cache",
+    "decode_params",
 ]

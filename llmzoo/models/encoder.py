@@ -30,10 +30,11 @@ from llmzoo.layers import blockwise, disentangled, heads
 from llmzoo.layers.heads import cls_pool, mean_pool
 from llmzoo.layers.mlp import mlp, mlp_specs
 from llmzoo.layers.norms import layer_norm, norm_specs
+from llmzoo.layers.remat import remat
 from llmzoo.layers.residual import dropout
 from llmzoo.models.encoder_config import EncoderConfig
-from llmzoo.params import ParamSpec, init_params, normal, stack, zeros
-from llmzoo.sharding import constrain
+from llmzoo.params import ParamSpec, init_params, normal, stack, with_dtype, zeros
+from llmzoo.sharding import constrain, take_rows
 
 ACT_AXES = ("batch", "seq", "embed")
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +92,7 @@ def _head_specs(cfg: EncoderConfig) -> dict:
         specs["pair_head"] = heads.dense_specs(d, 2, std=std)
     if cfg.head in ("sequence_classification", "token_classification"):
         specs["classifier"] = heads.dense_specs(d, cfg.num_labels, std=std)
-    return specs
+    return with_dtype(specs, cfg.param_dtype)
 
 
 def param_specs(cfg: EncoderConfig) -> dict:
@@ -116,15 +117,16 @@ def _ln(p, x, cfg):
 
 def _embed(params, batch, positions, cfg, rng):
     """Token, position and type embeddings, norm, projection: ``tokens [B, T]`` -> ``[B, T, D]``."""
-    dtype = jnp.dtype(cfg.dtype)
+    dtype = cfg.compute_dtype
     tokens = batch["tokens"]
-    x = params["embed"]["table"].astype(dtype)[tokens]
+    x = take_rows(params["embed"]["table"].astype(dtype), tokens)
     if cfg.type_vocab_size:
         types = batch.get("token_type_ids")
         types = jnp.zeros_like(tokens) if types is None else types
-        x = x + params["type_embed"]["table"].astype(dtype)[types]
+        x = x + take_rows(params["type_embed"]["table"].astype(dtype), types, None)
     if cfg.position == "learned":
-        x = x + params["pos_embed"]["table"].astype(dtype)[positions + cfg.position_offset]
+        rows = positions + cfg.position_offset
+        x = x + take_rows(params["pos_embed"]["table"].astype(dtype), rows, None)
     if cfg.embed_dim is None:
         x = _ln(params["embed_norm"], x, cfg)
     elif cfg.embed_norm_after_proj:
@@ -138,7 +140,7 @@ def _relative(params, positions, cfg, rng):
     """The relative table ``[2R, D]`` and each pair's row ``[B, T, T]``; None without."""
     if not cfg.relative_attention:
         return None
-    table = params["rel_embed"]["table"].astype(jnp.dtype(cfg.dtype))
+    table = params["rel_embed"]["table"].astype(cfg.compute_dtype)
     if cfg.rel_embed_norm:
         table = _ln(params["rel_norm"], table, cfg)
     farthest = cfg.max_relative_positions or cfg.max_seq_len
@@ -184,8 +186,7 @@ def _stack(params, x, plan, rel, cfg, rng, return_hidden):
         x = _block(p, x, plan, rel, cfg, layer_rng)
         return x, (x if return_hidden else None)
 
-    if cfg.remat:
-        body = jax.checkpoint(body)
+    body = remat(body, cfg.remat)
     index = jnp.arange(cfg.n_layers)
     if cfg.share_layers:
         shared = params["layers"]
@@ -223,7 +224,9 @@ def _plan(positions, segment_ids, cfg):
     k_pos = positions if segment_ids is None else jnp.where(segment_ids != 0, positions, -1)
     rule = attn_lib.MaskRule(positions, k_pos, segment_ids, segment_ids, causal=False)
     impl = "dense" if cfg.relative_attention else cfg.attention_impl
-    return blockwise.plan_attention(rule, impl=impl, dtype=cfg.dtype, head_dim=cfg.dim_per_head)
+    return blockwise.plan_attention(
+        rule, impl=impl, dtype=cfg.compute_dtype, head_dim=cfg.dim_per_head
+    )
 
 
 def apply(

@@ -32,10 +32,11 @@ from llmzoo.layers import blockwise, positional
 from llmzoo.layers.cross_attention import cross_attention, cross_kv
 from llmzoo.layers.mlp import mlp, mlp_specs
 from llmzoo.layers.norms import apply_norm, norm_specs
+from llmzoo.layers.remat import remat
 from llmzoo.layers.residual import dropout, residual
 from llmzoo.models.seq2seq_config import Seq2SeqConfig
-from llmzoo.params import ParamSpec, init_params, normal, stack, zeros
-from llmzoo.sharding import constrain
+from llmzoo.params import ParamSpec, init_params, normal, stack, with_dtype, zeros
+from llmzoo.sharding import constrain, take_rows
 
 ACT_AXES = ("batch", "seq", "embed")
 # ---------------------------------------------------------------------------------------------
@@ -93,7 +94,7 @@ def param_specs(cfg: Seq2SeqConfig) -> dict:
         }
     if cfg.final_logits_bias:
         specs["final_logits_bias"] = {"bias": ParamSpec((v,), logical_axes=("vocab",), init=zeros)}
-    return specs
+    return with_dtype(specs, cfg.param_dtype)
 
 
 def init(key: jax.Array, cfg: Seq2SeqConfig, shardings=None) -> dict:
@@ -163,13 +164,13 @@ def _decoder_block(p, x, ctx, cfg, rng, kv=None):
 
 def _embed(params, stack_params, tokens, positions, cfg, rng):
     """Token (+ learned position) embeddings of one stack. ``tokens: [B, T]`` -> ``[B, T, D]``."""
-    dtype = jnp.dtype(cfg.dtype)
-    x = params["embed"]["table"].astype(dtype)[tokens]
+    dtype = cfg.compute_dtype
+    x = take_rows(params["embed"]["table"].astype(dtype), tokens)
     if cfg.embed_scale:
         x = x * jnp.asarray(math.sqrt(cfg.d_model), dtype)
     if cfg.position == "learned":
         rows = jnp.clip(positions, 0) + cfg.position_offset
-        x = x + stack_params["pos_embed"]["table"].astype(dtype)[rows]
+        x = x + take_rows(stack_params["pos_embed"]["table"].astype(dtype), rows, None)
     if cfg.embed_norm:
         x = _norm(stack_params["embed_norm"], x, cfg)
     return constrain(dropout(x, cfg.dropout, rng), ACT_AXES)
@@ -201,7 +202,9 @@ def _plan(cfg, rule, impl, *, self_attention=True):
     """An attention plan; T5's relative bias keeps self-attention dense."""
     if self_attention and cfg.position == "relative":
         impl = "dense"
-    return blockwise.plan_attention(rule, impl=impl, dtype=cfg.dtype, head_dim=cfg.dim_per_head)
+    return blockwise.plan_attention(
+        rule, impl=impl, dtype=cfg.compute_dtype, head_dim=cfg.dim_per_head
+    )
 
 
 def encode(
@@ -215,7 +218,7 @@ def encode(
     """Runs the encoder. ``inputs [B, S]`` int, ``input_mask [B, S]`` (1 real, 0 padding).
 
     Returns:
-        ``[B, S, D]`` in ``cfg.dtype`` (rows at padding are not meaningful).
+        ``[B, S, D]`` in ``cfg.compute_dtype`` (rows at padding are not meaningful).
     """
     b, s = inputs.shape
     mask_ids = jnp.ones((b, s), jnp.int32) if input_mask is None else input_mask.astype(jnp.int32)
@@ -230,8 +233,7 @@ def encode(
         lp, i = layer
         return _encoder_block(lp, x, plan, bias, cfg, _fold(rng, i + 1)), None
 
-    if cfg.remat:
-        body = jax.checkpoint(body)
+    body = remat(body, cfg.remat)
     x, _ = jax.lax.scan(body, x, (p["layers"], jnp.arange(cfg.n_encoder_layers)))
     return _finish(p, x, cfg, _fold(rng, cfg.n_encoder_layers + 1))
 
@@ -263,8 +265,7 @@ def _decode(params, tokens, positions, masks, cross, cfg, rng, self_kv=None):
         x, new_kv = _decoder_block(lp, x, ctx, cfg, _fold(rng, i + 1), kv)
         return x, (None if kv is None else new_kv)
 
-    if cfg.remat:
-        body = jax.checkpoint(body)
+    body = remat(body, cfg.remat)
     xs = (
         p["layers"],
         *cross,
@@ -349,14 +350,14 @@ def init_cache(params: dict, batch: dict, *, cfg: Seq2SeqConfig, max_len: int, d
         batch: ``inputs [B, S]`` and optional ``input_mask [B, S]``.
         cfg: the model config.
         max_len: the most decoder tokens (start token included) a row will hold.
-        dtype: cache dtype (default ``cfg.dtype``).
+        dtype: cache dtype (default ``cfg.compute_dtype``).
 
     Returns:
         ``{'k', 'v': [L, B, max_len, N, H]`` (self-attention), ``'pos': [B, max_len]`` int32
         (-1 = empty), ``'index'``: int32 scalar (next slot), ``'cross_k', 'cross_v':
         [L, B, S, N, H]``, ``'input_mask': [B, S]`` int32}.
     """
-    dtype = jnp.dtype(dtype or cfg.dtype)
+    dtype = jnp.dtype(dtype or cfg.compute_dtype)
     inputs = batch["inputs"]
     b = inputs.shape[0]
     input_mask = batch.get("input_mask")

@@ -41,6 +41,12 @@ RESUMABLE_CHANGES = {
     "sample_prompt",
     "run_dir",
     "sample_tokens",
+    # the layout: a checkpoint restores onto any mesh (see _restore)
+    "strategy",
+    "mesh_data",
+    "mesh_fsdp",
+    "mesh_tensor",
+    "sharding_rules",
 }
 
 
@@ -114,11 +120,24 @@ def _replicate_scalars(tree, mesh):
     )
 
 
-def _initial_state(cfg: TrainConfig, mesh, log) -> tuple[TrainState, object]:
-    """A fresh (or ``init_from``) TrainState laid out on ``mesh``, and its optimizer."""
+def _layout(cfg: TrainConfig):
+    """The mesh, the rules and the param shardings of ``cfg``: one-line ConfigErrors for a mesh
+    that does not fit the devices, bad rules or a dimension the mesh cannot split, before any
+    work."""
+    mesh = sharding.strategy_mesh(cfg.strategy, cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor)
+    rules = sharding.resolve_rules(cfg.sharding_rules)
+    specs = registry.get(cfg.model.kind).param_specs(cfg.model)
+    return mesh, rules, sharding.param_shardings(specs, mesh, rules)
+
+
+def _initial_state(cfg: TrainConfig, mesh, p_shard, log) -> tuple[TrainState, object]:
+    """A fresh (or ``init_from``) TrainState laid out by ``p_shard``, and its optimizer.
+
+    The optimizer state's moments are created by ``zeros_like`` of the params, in their
+    shardings; its scalars are replicated.
+    """
     specs = registry.get(cfg.model.kind).param_specs(cfg.model)
     tx = make_optimizer(cfg.optim, cfg.steps, specs)
-    p_shard = sharding.param_shardings(specs, mesh)
     if cfg.init_from:
         _, params, _ = ckpt.load_params(cfg.init_from, shardings=p_shard)
         log(f"initialised params from {cfg.init_from}")
@@ -178,13 +197,13 @@ def _sample(cfg: TrainConfig, params, tokenizer) -> str | None:
     )
 
 
-def _check_fits(cfg: TrainConfig, tokenizer, mesh) -> None:
+def _check_fits(cfg: TrainConfig, tokenizer, mesh, rules) -> None:
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
             f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
             f"{cfg.model.vocab_size}; set model.vocab_size>={tokenizer.vocab_size}"
         )
-    n_batch = mesh.shape["data"] * mesh.shape["fsdp"]
+    n_batch = sharding.batch_shards(mesh, rules)
     if (cfg.batch_size // cfg.grad_accum) % n_batch:
         raise ConfigError(
             f"micro-batch {cfg.batch_size // cfg.grad_accum} (batch_size/grad_accum) is not "
@@ -262,14 +281,14 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True
     cfg = resolve_init_from(cfg)
     objective = objectives.for_config(cfg)
     _check_resume_config(cfg.run_dir, cfg)
-    mesh = sharding.make_mesh(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor)  # before any work
+    mesh, rules, p_shard = _layout(cfg)  # before any work
     tokenizer = prepare_tokenizer(cfg, log)
-    _check_fits(cfg, tokenizer, mesh)
+    _check_fits(cfg, tokenizer, mesh, rules)
     examples = make_examples(cfg, tokenizer)
 
-    state, tx = _initial_state(cfg, mesh, log)
+    state, tx = _initial_state(cfg, mesh, p_shard, log)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    batch_shard = sharding.batch_sharding(mesh)
+    batch_shard = sharding.batch_sharding(mesh, rules=rules)
     train_fn, eval_fn = make_steps(
         objective.loss, cfg.model, tx, cfg.grad_accum, state_shardings, batch_shard
     )
@@ -292,7 +311,7 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True
         run = _Run(cfg, train_fn, eval_fn, put, it, eval_batches, mngr, writer)
         last = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
         try:
-            with jax.set_mesh(mesh):
+            with sharding.use_mesh(mesh, rules):
                 state, result = _loop(run, state, (start, last), progress)
                 step = max(start, last)
                 if step >= cfg.steps and result is None:

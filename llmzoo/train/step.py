@@ -52,25 +52,8 @@ def train_step(
         params and opt_state come back bitwise unchanged; the step counter still advances.
     """
     rng = jax.random.fold_in(key, state.step) if cfg.dropout > 0 else None
-    micro = jax.tree.map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
-
-    def accumulate(acc, inputs):
-        mb, i = inputs
-        r = None if rng is None else jax.random.fold_in(rng, i)
-        (loss, (count, sums)), grads = jax.value_and_grad(_loss, has_aux=True)(
-            state.params, mb, r, objective, cfg
-        )
-        return jax.tree.map(jnp.add, acc, (grads, loss, count, sums)), None
-
-    # The accumulator: zeros shaped like (grads, loss_sum, count, metric sums).
-    loss_sum, (count, sums) = jax.eval_shape(
-        lambda: _loss(state.params, jax.tree.map(lambda x: x[0], micro), rng, objective, cfg)
-    )
-    zeros = jax.tree.map(
-        lambda s: jnp.zeros(s.shape, s.dtype), (state.params, loss_sum, count, sums)
-    )
-    (grads, loss_sum, count, sums), _ = jax.lax.scan(
-        accumulate, zeros, (micro, jnp.arange(grad_accum))
+    grads, loss_sum, count, sums = summed_grads(
+        state.params, batch, rng, objective=objective, cfg=cfg, grad_accum=grad_accum
     )
     denom = jnp.maximum(count, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
@@ -83,6 +66,36 @@ def train_step(
     metrics |= {"loss": loss, "grad_norm": grad_norm, "tokens": count}
     metrics |= {"finite": finite.astype(jnp.float32), "skipped": (~finite).astype(jnp.float32)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def summed_grads(params, batch: dict, rng, *, objective: Callable, cfg, grad_accum: int):
+    """Gradients of the summed loss over ``grad_accum`` micro-batches of ``batch``.
+
+    With one micro-batch this is a single ``value_and_grad``; with more, a ``lax.scan`` adds
+    each micro-batch's sums into a zero-initialised carry. Micro-batch ``i`` uses dropout key
+    ``fold_in(rng, i)`` either way.
+
+    Returns:
+        ``(grads, loss_sum, count, metric_sums)``, all sums over every micro-batch.
+    """
+    grad_fn = jax.value_and_grad(_loss, has_aux=True)
+
+    def one(mb, i):
+        r = None if rng is None else jax.random.fold_in(rng, i)
+        (loss, (count, sums)), grads = grad_fn(params, mb, r, objective, cfg)
+        return grads, loss, count, sums
+
+    if grad_accum == 1:
+        return one(batch, 0)
+    micro = jax.tree.map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
+
+    def accumulate(acc, inputs):
+        return jax.tree.map(jnp.add, acc, one(*inputs)), None
+
+    shapes = jax.eval_shape(one, jax.tree.map(lambda x: x[0], micro), 0)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    acc, _ = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(grad_accum)))
+    return acc
 
 
 def keep_if(ok: jax.Array, new, old):

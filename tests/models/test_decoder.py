@@ -124,7 +124,8 @@ def test_cached_prefill_and_decode_match_apply(params, name):
         logits, cache = _apply_cached(p, tokens[:, i : i + 1], cache, cfg=cfg, positions=step_pos)
         np.testing.assert_allclose(logits[:, 0], full[:, i], atol=1e-5)
     assert int(cache["index"]) == T
-    assert cache["k"].shape == (cfg.n_layers, B, 12, cfg.kv_heads, cfg.dim_per_head)
+    assert len(cache["k"]) == cfg.n_layers  # one [B, K, S, H] array per layer
+    assert cache["k"][0].shape == (B, cfg.kv_heads, 12, cfg.dim_per_head)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "rope_gqa_swa"])

@@ -15,7 +15,7 @@ from llmzoo.models import decoder
 from llmzoo.objectives.losses import token_loss
 from llmzoo.presets import get_model_preset
 from llmzoo.train.optimizer import decay_mask, lr_schedule, make_optimizer
-from llmzoo.train.step import TrainState, make_steps
+from llmzoo.train.step import TrainState, make_steps, summed_grads
 
 CFG = dataclasses.replace(get_model_preset("gpt2-tiny"), n_layers=2, d_model=32, n_heads=8, d_ff=64)
 
@@ -68,6 +68,31 @@ def test_gradient_accumulation_matches_one_big_batch():
     acc, s2 = run(3, grad_accum=4)
     np.testing.assert_allclose(acc, one, rtol=2e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), s1.params, s2.params)
+
+
+def test_single_micro_batch_skips_the_scan_with_the_same_result():
+    """grad_accum=1 runs one value_and_grad; it equals the scan over one micro-batch with a
+    zero carry (the previous code), dropout key ``fold_in(rng, 0)`` included."""
+    cfg = dataclasses.replace(CFG, dropout=0.1)
+    params, batch, rng = decoder.init(jax.random.key(0), cfg), make_batch(), jax.random.key(3)
+    grad_fn = jax.value_and_grad(lambda p, mb, r: token_loss(p, mb, r, cfg=cfg)[0])
+
+    def scanned(params, batch):
+        def body(acc, mb):
+            loss, grads = grad_fn(params, mb, jax.random.fold_in(rng, 0))
+            return jax.tree.map(jnp.add, acc, (grads, loss)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, (params, jnp.zeros(())))
+        return jax.lax.scan(body, zeros, jax.tree.map(lambda x: x[None], batch))[0]
+
+    fast = jax.jit(
+        lambda p, b: summed_grads(p, b, rng, objective=token_loss, cfg=cfg, grad_accum=1)
+    )(params, batch)
+    ref_grads, ref_loss = jax.jit(scanned)(params, batch)
+    assert float(fast[1]) == pytest.approx(float(ref_loss), rel=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), fast[0], ref_grads
+    )
 
 
 @functools.cache
