@@ -26,7 +26,7 @@ train: setup
 	$(VENV)/bin/llmzoo train $(ARGS)
 
 test: setup-test
-	$(PY) -m pytest -q -n 2 --durations=15 --nbmake tests colab
+	$(PY) -m pytest -q -n 2 --dist loadscope --durations=15 --nbmake tests colab
 
 lint: setup-test
 	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check .
