@@ -42,7 +42,8 @@ class DecoderConfig(ModelConfig):
         attn_scale: logit scale override (default H ** -0.5).
         init_std: init std; output projections use ``init_std / sqrt(2 L)`` (GPT-2).
         attention_impl: ``dense``, ``blockwise`` (O(T) memory), ``cudnn`` or ``auto``; see
-            :mod:`llmzoo.layers.blockwise`. Decoding with a KV cache always runs ``dense``.
+            :mod:`llmzoo.layers.blockwise`. Decoding with a KV cache uses its own loop over the
+            filled slots (:mod:`llmzoo.layers.kv_cache`).
     """
 
     FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "gpt_neox")

@@ -13,7 +13,9 @@ Every kind module provides:
 
 Kinds that generate also provide ``init_cache(params, batch, *, cfg, max_len) -> cache`` (an
 opaque pytree), ``apply_cached(params, tokens, cache, *, cfg, positions) -> (logits, cache)`` and
-``select_cache(cache, index) -> cache`` (gathers batch rows, for beam search).
+``select_cache(cache, index) -> cache`` (gathers batch rows, for beam search), and may provide
+``decode_params(params, *, cfg) -> params``, which decoding calls once before its loop (the
+decoder splits its stacked layers there, so each weight is read in place on every token).
 """
 
 from __future__ import annotations
