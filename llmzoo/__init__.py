@@ -17,8 +17,8 @@ from llmzoo.config import (
     OptimConfig,
     RopeScaling,
     TrainConfig,
-    apply_overrides,
 )
+from llmzoo.config_io import apply_overrides
 from llmzoo.errors import CheckpointError, ConfigError, DataError, GenerationError, LlmzooError
 from llmzoo.models import decoder
 from llmzoo.models.decoder import DecoderConfig

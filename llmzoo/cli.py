@@ -1,4 +1,4 @@
-"""The ``llmzoo`` command line: train, eval, generate, embed, tokenizer, data, convert.
+"""The ``llmzoo`` command line: train, eval, generate, embed, embeddings, tokenizer, data, convert.
 
 Any :class:`~llmzoo.errors.LlmzooError` is printed as one ``error: ...`` line with exit status 2.
 """
@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 
-from llmzoo.config import DataConfig
+from llmzoo.cli_study import add_compare_parser, add_embeddings_parser, data_arguments, data_config
 from llmzoo.errors import DataError, LlmzooError
 
 EPILOG_TRAIN = """examples:
@@ -37,10 +37,14 @@ mean-pooled over the real tokens (or --pooling cls: the first token) and L2-norm
 
 def _cmd_train(args) -> int:
     from llmzoo.presets import resolve_train_config
+    from llmzoo.train import distributed
     from llmzoo.train.loop import train
 
     cfg = resolve_train_config(args.config, args.overrides)
+    distributed.initialize_from_env()  # several processes, if the environment says so
     summary = train(cfg, stop_at=args.stop_at, progress=not args.no_progress)
+    if not distributed.is_primary():
+        return 0
     if summary.get("unigram_entropy") is not None:
         print(f"final validation loss: {summary['val_loss']:.4f} nats/token")
         print(
@@ -156,27 +160,16 @@ def _cmd_tokenizer_train(args) -> int:
 
     prefix = args.out[: -len(".model")] if args.out.endswith(".model") else args.out
     os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
-    texts = iter_texts(_data_config(args), args.split)
+    texts = iter_texts(data_config(args), args.split)
     tok = train_tokenizer(texts, prefix, vocab_size=args.vocab_size, model_type=args.type)
     print(f"wrote {prefix}.model ({tok.vocab_size} tokens, {args.type})")
     return 0
 
 
-def _data_config(args) -> DataConfig:
-    """The dataset options of ``tokenizer train`` and ``data build``, validated as a config."""
-    return DataConfig(
-        dataset=args.dataset,
-        text_key=args.text_key,
-        data_dir=args.data_dir,
-        txt_documents=args.txt_documents,
-        eval_fraction=args.eval_fraction,
-    )
-
-
 def _cmd_data_build(args) -> int:
     from llmzoo.data import source_for
 
-    data = _data_config(args)
+    data = data_config(args)
     for split in args.splits:
         src = source_for(data, split)
         print(f"{args.dataset}/{split}: {len(src)} documents in {args.data_dir}")
@@ -197,32 +190,6 @@ def _cmd_convert(args) -> int:
     return 0
 
 
-def _data_arguments() -> argparse.ArgumentParser:
-    """The dataset options shared by ``tokenizer train`` and ``data build`` (see DataConfig)."""
-    d = DataConfig()
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument(
-        "--dataset",
-        default=d.dataset,
-        help=f"a TFDS name, or .txt/.jsonl files: a file, a folder or a glob ({d.dataset})",
-    )
-    p.add_argument("--text-key", default=d.text_key, help="feature (.jsonl key) holding the text")
-    p.add_argument("--data-dir", default=d.data_dir, help=f"TFDS data directory ({d.data_dir})")
-    p.add_argument(
-        "--txt-documents",
-        choices=("file", "paragraph"),
-        default=d.txt_documents,
-        help="a .txt file is one document, or each blank-line separated block is one (file)",
-    )
-    p.add_argument(
-        "--eval-fraction",
-        type=float,
-        default=d.eval_fraction,
-        help=f"share of local documents held out for validation ({d.eval_fraction})",
-    )
-    return p
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(
@@ -230,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks (also LLMZOO_DEBUG=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    data_args = _data_arguments()
+    data_args = data_arguments()
 
     t = sub.add_parser(
         "train",
@@ -321,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     db.add_argument("--splits", nargs="+", default=["train", "validation"], help="splits")
     db.set_defaults(fn=_cmd_data_build)
+
+    add_embeddings_parser(sub, data_args)
+    add_compare_parser(sub)
 
     c = sub.add_parser("convert", help="convert Hugging Face safetensors <-> llmzoo runs")
     c.add_argument("--from-hf", help="a local Hugging Face checkpoint directory")

@@ -17,11 +17,8 @@ from llmzoo.config import (
     ModelConfig,
     OptimConfig,
     TrainConfig,
-    apply_overrides,
-    load_yaml,
-    merge,
-    parse_cli_overrides,
 )
+from llmzoo.config_io import apply_overrides, load_yaml, merge, parse_cli_overrides
 from llmzoo.errors import ConfigError
 from llmzoo.models import registry
 from llmzoo.models.decoder import DecoderConfig
@@ -29,19 +26,28 @@ from llmzoo.models.families import (
     albert,
     bart,
     bert,
+    bloom,
     deberta_v2,
     gemma,
     gpt2,
     gpt_neox,
     llama,
+    longformer,
+    mamba,
     mistral,
     qwen2,
+    rnn,
     roberta,
+    rwkv,
     t5,
 )
 
 FAMILY_MODULES = (gpt2, llama, mistral, qwen2, gemma, gpt_neox, t5, bart)
-FAMILY_MODULES += (bert, roberta, albert, deberta_v2)
+FAMILY_MODULES += (bert, roberta, albert, deberta_v2, rnn)
+FAMILY_MODULES += (bloom,)
+FAMILY_MODULES += (mamba,)
+FAMILY_MODULES += (rwkv,)
+FAMILY_MODULES += (longformer,)
 MODEL_PRESETS: dict[str, ModelConfig] = {k: v for m in FAMILY_MODULES for k, v in m.PRESETS.items()}
 
 
@@ -141,12 +147,19 @@ def resolve_train_config(
 
 
 def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Rebuilds a TrainConfig from :func:`llmzoo.config.to_dict` output (a run's config.yaml)."""
+    """Rebuilds a TrainConfig from :func:`llmzoo.config_io.to_dict` output (a run's config.yaml)."""
     return apply_overrides(get_train_preset("tiny"), data, choosers=CHOOSERS)
 
 
 # The objective a model kind is pretrained with by default.
-DEFAULT_OBJECTIVES = {"decoder": "causal_lm", "encoder": "mlm", "seq2seq": "span_corruption"}
+DEFAULT_OBJECTIVES = {
+    "decoder": "causal_lm",
+    "encoder": "mlm",
+    "seq2seq": "span_corruption",
+    "rnn": "causal_lm",
+    "mamba": "causal_lm",
+    "rwkv": "causal_lm",
+}
 
 
 def train_config_for(model: ModelConfig, base: str = "tiny") -> TrainConfig:

@@ -29,7 +29,8 @@ import jax
 import orbax.checkpoint as ocp
 import yaml
 
-from llmzoo.config import TrainConfig, to_dict
+from llmzoo.config import TrainConfig
+from llmzoo.config_io import to_dict
 from llmzoo.errors import CheckpointError
 from llmzoo.hf.tokenizer import TOKENIZER_FILES, find_tokenizer_file, load_tokenizer
 from llmzoo.models import registry
@@ -232,7 +233,7 @@ def restore_latest(mngr, abstract_params, abstract_opt_state=None, *, quarantine
             continue
         for bad, reason in failed:
             msg = f"checkpoint at step {bad} is unreadable ({reason}); using step {step}"
-            if quarantine:
+            if quarantine and jax.process_index() == 0:  # one process moves files
                 msg += f"; moved it to {_quarantine(mngr, bad)}"
             warnings.warn(msg, stacklevel=2)
         return step, out["params"], out.get("opt_state"), dict(out["meta"] or {})

@@ -11,11 +11,8 @@ from llmzoo.config import (
     Range,
     RopeScaling,
     TrainConfig,
-    apply_overrides,
-    load_yaml,
-    parse_cli_overrides,
-    to_dict,
 )
+from llmzoo.config_io import apply_overrides, load_yaml, parse_cli_overrides, to_dict
 from llmzoo.errors import ConfigError
 from llmzoo.models.decoder import DecoderConfig as ModelConfig
 from llmzoo.presets import (

@@ -14,6 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "llmzoo"
 LAYERS = {
     "llmzoo.errors": 0,
     "llmzoo.config": 0,
+    "llmzoo.config_io": 0,
     "llmzoo.params": 1,
     "llmzoo.sharding": 1,
     "llmzoo.data": 1,
@@ -26,9 +27,12 @@ LAYERS = {
     "llmzoo.hf.convert": 6,
     "llmzoo.generate": 6,
     "llmzoo.train": 6,
+    "llmzoo.wordvec": 6,
     "llmzoo.eval": 7,
     "llmzoo.embed": 7,
     "llmzoo.cli": 8,
+    "llmzoo.cli_study": 8,
+    "llmzoo.compare": 7,
     "llmzoo.__main__": 8,
     "llmzoo": 9,  # the package __init__ re-exports the public API
 }

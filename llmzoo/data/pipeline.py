@@ -90,10 +90,15 @@ def _packed_rows(
     num_epochs: int | None,
     add_eos: bool,
     worker_count: int,
+    shard: tuple[int, int] = (0, 1),
 ) -> grain.IterDataset:
     """The unbatched pipeline: an IterDataset of ``example(row)`` for packed rows of
-    ``row_len`` tokens (``example(row, rng)`` when ``example.random`` is true)."""
+    ``row_len`` tokens (``example(row, rng)`` when ``example.random`` is true), over the documents
+    ``index, index + count, ...`` of ``source`` for ``shard = (index, count)``."""
     ds = grain.MapDataset.source(source)
+    index, count = shard
+    if count > 1:  # before the shuffle: the shards stay disjoint in every epoch
+        ds = ds[index::count]
     if shuffle:
         ds = ds.shuffle(seed=seed)  # Reshuffled differently (but deterministically) each epoch.
     ds = ds.repeat(num_epochs).map(_Tokenize(tokenizer, add_eos)).to_iter_dataset()
@@ -122,6 +127,7 @@ def make_lm_pipeline(
     add_eos: bool = True,
     worker_count: int = 0,
     example=None,
+    shard: tuple[int, int] = (0, 1),
 ) -> grain.DatasetIterator:
     """Returns a checkpointable iterator of packed language-model batches (see module docstring).
 
@@ -141,11 +147,18 @@ def make_lm_pipeline(
         example: turns a packed row into an example (default :func:`lm_example`); an object with
             a ``row_len`` (the packed length) and, if ``example.random``, called as
             ``example(row, rng)`` (e.g. :mod:`llmzoo.objectives.examples`).
+        shard: ``(index, count)``: read only the documents ``index, index + count, ...`` (see
+            :mod:`llmzoo.data.shards`); ``(0, 1)`` reads them all.
 
     Returns:
         A ``grain.DatasetIterator`` yielding dicts of ``[B, ...]`` arrays.
     """
     _check(source, tokenizer, seq_len, batch_size, add_eos)
+    if not 0 <= shard[0] < shard[1] or len(source) < shard[1]:
+        raise DataError(
+            f"shard {shard[0]} of {shard[1]} does not exist for a source of {len(source)} "
+            "documents; use fewer data shards (data.shards)"
+        )
     rows = _packed_rows(
         source,
         tokenizer,
@@ -156,6 +169,7 @@ def make_lm_pipeline(
         num_epochs=num_epochs,
         add_eos=add_eos,
         worker_count=worker_count,
+        shard=shard,
     )
     return iter(rows.batch(batch_size, drop_remainder=True))
 

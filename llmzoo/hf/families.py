@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from llmzoo.config import ModelConfig
 from llmzoo.errors import CheckpointError, ConfigError
+from llmzoo.hf.hf_bloom import bloom_entries, bloom_from_hf, bloom_to_hf
 from llmzoo.hf.hf_common import Entry
 from llmzoo.hf.hf_deberta import DEBERTA_OPTIONAL, deberta_entries, deberta_from_hf, deberta_to_hf
 from llmzoo.hf.hf_encoder import (
@@ -43,6 +44,29 @@ from llmzoo.hf.hf_llama import (
     llama_like_entries,
     llama_like_from_hf,
     llama_like_to_hf,
+)
+from llmzoo.hf.hf_longformer import (
+    LONGFORMER_OPTIONAL,
+    LONGFORMER_PREFIX,
+    canonical_longformer,
+    longformer_entries,
+    longformer_from_hf,
+    longformer_to_hf,
+)
+from llmzoo.hf.hf_mamba import (
+    MAMBA_OPTIONAL,
+    canonical_mamba,
+    mamba_entries,
+    mamba_from_hf,
+    mamba_to_hf,
+)
+from llmzoo.hf.hf_rwkv import (
+    RWKV_OPTIONAL,
+    RWKV_PREFIX,
+    canonical_rwkv,
+    rwkv_entries,
+    rwkv_from_hf,
+    rwkv_to_hf,
 )
 from llmzoo.hf.hf_seq2seq import (
     BART_OPTIONAL,
@@ -107,6 +131,9 @@ FAMILIES: dict[str, FamilyMap] = {
     "gpt_neox": _decoder_family(
         gpt_neox_from_hf, gpt_neox_to_hf, gpt_neox_entries, "gpt_neox.", "embed_out.weight"
     ),
+    "bloom": _decoder_family(
+        bloom_from_hf, bloom_to_hf, bloom_entries, "transformer.", "lm_head.weight"
+    ),
     **{
         f: _decoder_family(
             llama_like_from_hf, llama_like_to_hf, llama_like_entries, "model.", "lm_head.weight"
@@ -125,6 +152,20 @@ FAMILIES: dict[str, FamilyMap] = {
     "t5": FamilyMap(t5_from_hf, t5_to_hf, t5_entries, "", canonical_seq2seq, T5_OPTIONAL),
     "bart": FamilyMap(
         bart_from_hf, bart_to_hf, bart_entries, "model.", canonical_seq2seq, BART_OPTIONAL
+    ),
+    "mamba": FamilyMap(
+        mamba_from_hf, mamba_to_hf, mamba_entries, "backbone.", canonical_mamba, MAMBA_OPTIONAL
+    ),
+    "rwkv": FamilyMap(
+        rwkv_from_hf, rwkv_to_hf, rwkv_entries, RWKV_PREFIX, canonical_rwkv, RWKV_OPTIONAL
+    ),
+    "longformer": FamilyMap(
+        longformer_from_hf,
+        longformer_to_hf,
+        longformer_entries,
+        LONGFORMER_PREFIX,
+        canonical_longformer,
+        LONGFORMER_OPTIONAL,
     ),
 }
 # Hugging Face model_type -> llmzoo family, where they are spelled differently.

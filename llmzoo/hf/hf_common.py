@@ -217,4 +217,5 @@ ARCHITECTURES = {
     "qwen2": "Qwen2ForCausalLM",
     "gemma": "GemmaForCausalLM",
     "gpt_neox": "GPTNeoXForCausalLM",
+    "bloom": "BloomForCausalLM",
 }

@@ -1,4 +1,5 @@
-"""Hugging Face maps for GPT-2 and GPT-NeoX."""
+"""Hugging Face maps for GPT-2 and GPT-NeoX, and the per-head fused q/k/v layout they share with
+BLOOM (:mod:`llmzoo.hf.hf_bloom`)."""
 
 from __future__ import annotations
 
@@ -174,9 +175,10 @@ def gpt_neox_to_hf(cfg: DecoderConfig) -> dict:
     }
 
 
-def gpt_neox_entries(cfg: DecoderConfig) -> list[Entry]:
-    d, n, h, f = cfg.d_model, cfg.n_heads, cfg.dim_per_head, cfg.d_ff
-    p = "gpt_neox.layers.{i}."
+def per_head_qkv(name: str, d: int, n: int, h: int, *, bias: bool) -> list[Entry]:
+    """The ``nn.Linear`` of q, k, v fused per head (GPT-NeoX, BLOOM): weight rows ``[N, 3, H]``
+    (``[3 N H, D]``) <-> ``wq, wk, wv [D, N, H]``; with ``bias``, ``[N, 3, H]`` <-> ``bq, bk, bv``.
+    ``name`` is the module's name, without ``.weight``."""
 
     def split_w(w):  # [N 3 H, D] rows grouped per head -> 3 x [D, N, H]
         w = w.reshape(n, 3, h, d)
@@ -187,18 +189,37 @@ def gpt_neox_entries(cfg: DecoderConfig) -> list[Entry]:
         return tuple(b[:, j] for j in range(3))
 
     out = [
-        reshape("gpt_neox.embed_in.weight", "embed/table", (cfg.vocab_size, d), (-1, d)),
-        reshape(p + "input_layernorm.weight", "layers/attn_norm/scale", (d,), (d,)),
-        reshape(p + "input_layernorm.bias", "layers/attn_norm/bias", (d,), (d,)),
         Entry(
-            p + "attention.query_key_value.weight",
+            name + ".weight",
             ("layers/attn/wq", "layers/attn/wk", "layers/attn/wv"),
             (3 * n * h, d),
             split_w,
             lambda q, k, v: np.stack(
                 [transpose(x.reshape(d, n * h)).reshape(n, h, d) for x in (q, k, v)], 1
             ).reshape(-1, d),
-        ),
+        )
+    ]
+    if bias:
+        out.append(
+            Entry(
+                name + ".bias",
+                ("layers/attn/bq", "layers/attn/bk", "layers/attn/bv"),
+                (3 * n * h,),
+                split_b,
+                lambda q, k, v: np.stack([q, k, v], 1).reshape(-1),
+            )
+        )
+    return out
+
+
+def gpt_neox_entries(cfg: DecoderConfig) -> list[Entry]:
+    d, n, h, f = cfg.d_model, cfg.n_heads, cfg.dim_per_head, cfg.d_ff
+    p = "gpt_neox.layers.{i}."
+    out = [
+        reshape("gpt_neox.embed_in.weight", "embed/table", (cfg.vocab_size, d), (-1, d)),
+        reshape(p + "input_layernorm.weight", "layers/attn_norm/scale", (d,), (d,)),
+        reshape(p + "input_layernorm.bias", "layers/attn_norm/bias", (d,), (d,)),
+        *per_head_qkv(p + "attention.query_key_value", d, n, h, bias=cfg.qkv_bias),
         linear_out(p + "attention.dense.weight", "layers/attn/wo", (n, h), d),
         reshape(p + "post_attention_layernorm.weight", "layers/mlp_norm/scale", (d,), (d,)),
         reshape(p + "post_attention_layernorm.bias", "layers/mlp_norm/bias", (d,), (d,)),
@@ -209,16 +230,6 @@ def gpt_neox_entries(cfg: DecoderConfig) -> list[Entry]:
         reshape("gpt_neox.final_layer_norm.weight", "final_norm/scale", (d,), (d,)),
         reshape("gpt_neox.final_layer_norm.bias", "final_norm/bias", (d,), (d,)),
     ]
-    if cfg.qkv_bias:
-        out.append(
-            Entry(
-                p + "attention.query_key_value.bias",
-                ("layers/attn/bq", "layers/attn/bk", "layers/attn/bv"),
-                (3 * n * h,),
-                split_b,
-                lambda q, k, v: np.stack([q, k, v], 1).reshape(-1),
-            )
-        )
     if cfg.out_bias:
         out.append(reshape(p + "attention.dense.bias", "layers/attn/bo", (d,), (d,)))
     if not cfg.tie_embeddings:

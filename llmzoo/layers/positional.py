@@ -133,7 +133,11 @@ def alibi_slopes(n_heads: int) -> np.ndarray:
 
     For a power of two N the slopes are the geometric sequence ``2^(-8i/N)``, i = 1..N. Otherwise
     the slopes of the closest lower power of two are followed by every other slope of the next
-    power of two, as in the paper's reference code.
+    power of two, as in the paper's reference code and transformers' BLOOM
+    (``build_alibi_tensor``).
+
+    Args:
+        n_heads: N.
 
     Returns:
         ``[N]`` float32.
@@ -152,6 +156,10 @@ def alibi_slopes(n_heads: int) -> np.ndarray:
 
 def alibi_bias(slopes: jax.Array, q_pos: jax.Array, k_pos: jax.Array) -> jax.Array:
     """ALiBi attention bias ``-slope * (q - k)`` for keys at or before the query.
+
+    BLOOM adds ``slope * k`` instead: the two differ by ``-slope * q``, constant over the keys of
+    a query, so their softmax is the same. Positions (not indices) make packed rows and left
+    padding work.
 
     Args:
         slopes: ``[N]``.

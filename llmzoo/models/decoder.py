@@ -1,4 +1,5 @@
-"""Kind ``decoder``: the decoder-only transformer of GPT-2, Llama, Mistral, Qwen2, Gemma, GPT-NeoX.
+"""Kind ``decoder``: the decoder-only transformer of GPT-2, Llama, Mistral, Qwen2, Gemma, GPT-NeoX,
+BLOOM.
 
 Read top to bottom: the config, param declarations, one block, the stack (``lax.scan`` over
 layers), then the protocol functions ``apply`` (training/eval), ``init_cache`` and
@@ -8,6 +9,7 @@ layers), then the protocol functions ``apply`` (training/eval), ``init_cache`` a
 Param tree (layers stacked on a leading axis L)::
 
     embed/table [V, D]            pos_embed/table [P, D]   (learned positions only)
+    embed_norm/{scale,bias}       (embed_norm only)
     layers/attn_norm/{scale,bias} layers/attn/{wq,wk,wv,wo,bq,bk,bv,bo}
     layers/mlp_norm/{scale,bias}  layers/mlp/{w_up,w_gate,w_down,b_up,b_down}
     final_norm/{scale,bias}       lm_head/w [D, V]          (untied embeddings only)
@@ -70,6 +72,8 @@ def param_specs(cfg: DecoderConfig) -> dict:
         "layers": stack(block, cfg.n_layers),
         "final_norm": norm_specs(d, **norm),
     }
+    if cfg.embed_norm:
+        specs["embed_norm"] = norm_specs(d, **norm)
     if cfg.position == "learned":
         specs["pos_embed"] = {
             "table": ParamSpec(
@@ -125,7 +129,7 @@ def _block(p, x, positions, plan, cfg, rng, kv=None):
 
 
 def _embed(params, tokens, positions, cfg, rng):
-    """Token (+ position) embeddings. ``tokens: [B, T]`` -> ``[B, T, D]``."""
+    """Token (+ position) embeddings, then the embedding norm. ``[B, T]`` -> ``[B, T, D]``."""
     dtype = cfg.compute_dtype
     x = take_rows(params["embed"]["table"].astype(dtype), tokens)
     if cfg.embed_scale:
@@ -134,6 +138,8 @@ def _embed(params, tokens, positions, cfg, rng):
         x = x + take_rows(params["pos_embed"]["table"].astype(dtype), jnp.clip(positions, 0), None)
     elif cfg.position == "sinusoidal":
         x = x + positional.sinusoidal(jnp.clip(positions, 0), cfg.d_model).astype(dtype)
+    if cfg.embed_norm:
+        x = _norm(params["embed_norm"], x, cfg)
     return constrain(dropout(x, cfg.dropout, rng), ACT_AXES)
 
 

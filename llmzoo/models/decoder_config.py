@@ -20,14 +20,17 @@ class DecoderConfig(ModelConfig):
     are documented on :class:`llmzoo.config.ModelConfig`.
 
     Attributes:
-        family: ``gpt2``, ``llama``, ``mistral``, ``qwen2``, ``gemma`` or ``gpt_neox``.
+        family: ``gpt2``, ``llama``, ``mistral``, ``qwen2``, ``gemma``, ``gpt_neox`` or ``bloom``.
         d_model: D.
         n_layers: number of blocks L.
         n_heads: N query heads.
         n_kv_heads: K key/value heads (None: K = N; 1: MQA).
         head_dim: H (None: D / N).
         d_ff: F, the MLP hidden width.
-        position: ``learned``, ``rope``, ``alibi``, ``sinusoidal`` or ``none``.
+        position: ``learned``, ``rope``, ``alibi``, ``sinusoidal`` or ``none``. ``alibi`` (Press
+            et al., 2022; BLOOM) adds ``slope * (k_pos - q_pos)`` to each head's logits on every
+            attention path (:func:`llmzoo.layers.positional.alibi_slopes`); like ``rope`` it has
+            no position table, so ``max_seq_len`` does not limit the length.
         rope_theta: RoPE base.
         rope_fraction: fraction of H rotated (GPT-NeoX partial rotary).
         rope_scaling: optional :class:`RopeScaling`.
@@ -39,6 +42,8 @@ class DecoderConfig(ModelConfig):
         sliding_window: attend to at most this many most recent keys (Mistral).
         tie_embeddings: the LM head is the transposed embedding table.
         embed_scale: multiply embeddings by sqrt(D) (Gemma).
+        embed_norm: normalise the embeddings (after any position embedding) with a norm of
+            kind ``norm`` before the first block (BLOOM's ``word_embeddings_layernorm``).
         attn_scale: logit scale override (default H ** -0.5).
         init_std: init std; output projections use ``init_std / sqrt(2 L)`` (GPT-2).
         attention_impl: ``dense``, ``blockwise`` (O(T) memory), ``cudnn`` or ``auto``; see
@@ -46,7 +51,7 @@ class DecoderConfig(ModelConfig):
             filled slots (:mod:`llmzoo.layers.kv_cache`).
     """
 
-    FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "gpt_neox")
+    FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "gpt_neox", "bloom")
 
     kind: str = "decoder"
     family: str = "gpt2"
@@ -72,6 +77,7 @@ class DecoderConfig(ModelConfig):
     sliding_window: int | None = None
     tie_embeddings: bool = True
     embed_scale: bool = False
+    embed_norm: bool = False
     attn_scale: float | None = None
     init_std: float = 0.02
     attention_impl: str = "dense"

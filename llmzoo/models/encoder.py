@@ -1,4 +1,5 @@
-"""Kind ``encoder``: bidirectional post-LN transformers (BERT, RoBERTa, ALBERT, DeBERTa-v2).
+"""Kind ``encoder``: bidirectional post-LN transformers (BERT, RoBERTa, ALBERT, DeBERTa-v2,
+Longformer).
 
 Read top to bottom: param declarations, embeddings, one block, the stack (``lax.scan`` over
 layers, or over one shared layer for ALBERT), the task heads, then ``apply``. The families differ
@@ -12,6 +13,7 @@ Param tree (layers stacked on a leading axis L, unless ``share_layers``)::
     rel_embed/table [2R, D]   rel_norm/{scale,bias}      (DeBERTa relative attention only)
     layers/attn/{wq,wk,wv,wo,bq,bk,bv,bo}  layers/pos_proj/{wq,bq,wk,bk}  layers/attn_norm
     layers/mlp/{w_up,b_up,w_down,b_down}   layers/mlp_norm
+    layers/global_attn/{wq,wk,wv,bq,bk,bv}  (Longformer's global projections only)
     pooler/{w, b}             mlm/{w [D, E], b, b_out [V]}  mlm_norm   pair_head   classifier
 
 Dimensions: B batch, T tokens, D model width, N heads, H head width, F MLP width, V vocabulary,
@@ -26,7 +28,7 @@ import numpy as np
 
 from llmzoo.errors import DataError
 from llmzoo.layers import attention as attn_lib
-from llmzoo.layers import blockwise, disentangled, heads
+from llmzoo.layers import blockwise, disentangled, heads, longformer
 from llmzoo.layers.heads import cls_pool, mean_pool
 from llmzoo.layers.mlp import mlp, mlp_specs
 from llmzoo.layers.norms import layer_norm, norm_specs
@@ -53,6 +55,8 @@ def _block_specs(cfg: EncoderConfig) -> dict:
         "mlp": mlp_specs(d, cfg.d_ff, cfg.mlp, bias=True, std=std),
         "mlp_norm": norm_specs(d),
     }
+    if cfg.attention_window is not None:
+        block["global_attn"] = longformer.global_specs(d, n, h, std=std)
     if cfg.relative_attention and not cfg.share_att_key:
         block["pos_proj"] = disentangled.position_projection_specs(
             d, n, h, cfg.pos_att_type, std=std
@@ -156,6 +160,9 @@ def _relative(params, positions, cfg, rng):
 
 def _attention(p, x, plan, rel, cfg):
     """Bidirectional self-attention (disentangled with ``rel``). ``x: [B, T, D]``."""
+    if isinstance(plan, longformer.LongformerPlan):
+        o = longformer.attend(p["attn"], p.get("global_attn"), x, plan)
+        return attn_lib.out_projection(p["attn"], o)
     q, k, v = attn_lib.qkv_projection(p["attn"], x)  # [B, T, N, H]
     scale = bias = None
     if cfg.pos_att_type:
@@ -183,7 +190,8 @@ def _stack(params, x, plan, rel, cfg, rng, return_hidden):
     def body(x, layer):
         p, i = layer
         layer_rng = None if rng is None else jax.random.fold_in(rng, i)
-        x = _block(p, x, plan, rel, cfg, layer_rng)
+        at = plan.at_layer(i) if isinstance(plan, longformer.LongformerPlan) else plan
+        x = _block(p, x, at, rel, cfg, layer_rng)
         return x, (x if return_hidden else None)
 
     body = remat(body, cfg.remat)
@@ -219,8 +227,11 @@ def _heads(params, x, cfg, rng) -> dict:
     return out
 
 
-def _plan(positions, segment_ids, cfg):
+def _plan(positions, segment_ids, global_mask, cfg):
     """The attention plan: same segment, and never a padding key (segment 0: position -1)."""
+    if cfg.attention_window is not None:
+        seg = jnp.ones_like(positions) if segment_ids is None else segment_ids
+        return longformer.plan(seg, global_mask, cfg.layer_windows, cfg.max_global_tokens)
     k_pos = positions if segment_ids is None else jnp.where(segment_ids != 0, positions, -1)
     rule = attn_lib.MaskRule(positions, k_pos, segment_ids, segment_ids, causal=False)
     impl = "dense" if cfg.relative_attention else cfg.attention_impl
@@ -245,7 +256,8 @@ def apply(
             within their segment and 0 marks padding, never attended: a right-padded batch
             passes its attention mask here, packed rows pass 1, 2, 3 ...), ``token_type_ids
             [B, T]`` (default 0) and ``positions [B, T]`` (default ``0..T-1``; the family's
-            ``position_offset`` is added).
+            ``position_offset`` is added); with ``cfg.attention_window`` (Longformer),
+            ``global_mask [B, T]`` (1: a global token, at most ``max_global_tokens`` a row).
         cfg: the model config.
         rng: PRNG key enabling dropout; None for deterministic evaluation.
         return_hidden: also return the output of every block.
@@ -264,7 +276,7 @@ def apply(
     rngs = [None] * 4 if rng is None else list(jax.random.split(rng, 4))
     x = _embed(params, batch, positions, cfg, rngs[0])
     rel = _relative(params, positions, cfg, rngs[1])
-    plan = _plan(positions, batch.get("segment_ids"), cfg)
+    plan = _plan(positions, batch.get("segment_ids"), batch.get("global_mask"), cfg)
     x, hidden = _stack(params, x, plan, rel, cfg, rngs[2], return_hidden)
     out = {"hidden": x, **_heads(params, x, cfg, rngs[3])}
     if return_hidden:
@@ -286,25 +298,42 @@ def _check_ids(ids, key: str, limit: int, field: str) -> None:
         )
 
 
+def _check_global(batch: dict, cfg: EncoderConfig) -> None:
+    if "global_mask" not in batch:
+        return
+    if cfg.attention_window is None:
+        raise DataError(
+            "batch['global_mask'] needs Longformer attention; set model.attention_window or drop it"
+        )
+    count = int(np.max(np.sum(np.asarray(batch["global_mask"]) != 0, axis=-1), initial=0))
+    if count > cfg.max_global_tokens:
+        raise DataError(
+            f"a row of batch['global_mask'] marks {count} global tokens but "
+            f"model.max_global_tokens={cfg.max_global_tokens}; raise it or mark fewer"
+        )
+
+
 def check_batch(batch: dict, cfg: EncoderConfig) -> None:
     """Checks a host (numpy) batch against ``cfg`` before it reaches the device, where an
     out-of-range id would silently read a clamped row. Not traceable: call it outside ``jit``.
 
     Raises:
         DataError: a token, token-type or position id outside its table (positions default to
-            ``0..T-1``), or a key whose shape differs from ``tokens``.
+            ``0..T-1``), a key whose shape differs from ``tokens``, or a ``global_mask`` without
+            Longformer attention or with more than ``max_global_tokens`` in a row.
     """
     shape = np.shape(batch["tokens"])
     limits = {"tokens": (cfg.vocab_size, "vocab_size")}
     limits["token_type_ids"] = (cfg.type_vocab_size, "type_vocab_size")
     if cfg.position == "learned":
         limits["positions"] = (cfg.max_seq_len, "max_seq_len")
-    for key in ("segment_ids", "token_type_ids", "positions"):
+    for key in ("segment_ids", "token_type_ids", "positions", "global_mask"):
         if key in batch and np.shape(batch[key]) != shape:
             raise DataError(
                 f"batch[{key!r}] has shape {list(np.shape(batch[key]))} but tokens has "
                 f"{list(shape)}; give one id per token"
             )
+    _check_global(batch, cfg)
     default_positions = np.arange(shape[-1]) if shape else np.zeros(0)
     for key, (limit, field) in limits.items():
         ids = batch.get(key, default_positions if key == "positions" else None)

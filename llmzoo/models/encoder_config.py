@@ -56,9 +56,14 @@ class EncoderConfig(ModelConfig):
         mlm_activation: the activation of the MLM head's transform (RoBERTa: always ``gelu``).
         attention_impl: ``dense``, ``blockwise`` (O(T) memory), ``cudnn`` or ``auto``; see
             :mod:`llmzoo.layers.blockwise`. DeBERTa's relative attention runs ``dense`` only.
+        attention_window: Longformer's local + global attention (:mod:`llmzoo.layers.longformer`,
+            memory linear in T): each token sees ``window / 2`` tokens on either side plus the
+            global tokens of ``batch['global_mask']``. One even int, or one per layer; None:
+            full attention (``attention_impl``).
+        max_global_tokens: G, the most global tokens a row may carry (Longformer).
     """
 
-    FAMILIES = ("bert", "roberta", "albert", "deberta_v2")
+    FAMILIES = ("bert", "roberta", "albert", "deberta_v2", "longformer")
 
     kind: str = "encoder"
     family: str = "bert"
@@ -90,9 +95,12 @@ class EncoderConfig(ModelConfig):
     pooler_activation: str = "tanh"
     mlm_activation: str = "gelu"
     attention_impl: str = "dense"
+    attention_window: int | tuple[int, ...] | None = None
+    max_global_tokens: int = 64
 
     def __post_init__(self):
         super().__post_init__()
+        self._check_window()
         for key in ("d_model", "n_layers", "n_heads", "d_ff", "num_labels"):
             check_range(f"model.{key}", getattr(self, key), lo=1)
         for key in ("type_vocab_size", "position_offset", "position_buckets"):
@@ -109,6 +117,38 @@ class EncoderConfig(ModelConfig):
         self._check_choices()
         rel = "DeBERTa's disentangled relative attention" if self.relative_attention else None
         blockwise.check_attention_impl(self.attention_impl, dense_bias=rel)
+
+    def _check_window(self):
+        window = self.attention_window
+        if isinstance(window, list):  # from YAML: keep the config hashable
+            object.__setattr__(self, "attention_window", window := tuple(window))
+        check_range("model.max_global_tokens", self.max_global_tokens, lo=1)
+        if window is None:
+            return
+        sizes = window if isinstance(window, tuple) else (window,)
+        bad = [w for w in sizes if isinstance(w, bool) or not isinstance(w, int) or w <= 0 or w % 2]
+        if bad:
+            fix = bad[0] + 1 if isinstance(bad[0], int) and bad[0] > 0 else 512
+            raise ConfigError(
+                f"model.attention_window={window!r} must be even and positive (each token sees "
+                f"window/2 tokens on either side); use e.g. {fix}"
+            )
+        if isinstance(window, tuple) and len(window) != self.n_layers:
+            raise ConfigError(
+                f"model.attention_window has {len(window)} entries but model.n_layers="
+                f"{self.n_layers}; give one window per layer or a single int"
+            )
+        if self.relative_attention:
+            raise ConfigError(
+                "model.attention_window (Longformer) cannot combine with "
+                "model.relative_attention=true; drop one of them"
+            )
+
+    @property
+    def layer_windows(self) -> tuple[int, ...] | None:
+        """The Longformer window of each of the L layers; None without one."""
+        w = self.attention_window
+        return None if w is None else (w if isinstance(w, tuple) else (w,) * self.n_layers)
 
     def _check_choices(self):
         choices = {

@@ -23,17 +23,23 @@ from __future__ import annotations
 import types
 
 from llmzoo.errors import ConfigError
-from llmzoo.models import decoder, encoder, seq2seq
+from llmzoo.models import decoder, encoder, mamba, rnn, rwkv, seq2seq
 
 KINDS: dict[str, types.ModuleType] = {
     "decoder": decoder,
     "encoder": encoder,
     "seq2seq": seq2seq,
+    "rnn": rnn,
+    "mamba": mamba,
+    "rwkv": rwkv,
 }
 CONFIGS: dict[str, type] = {
     "decoder": decoder.DecoderConfig,
     "encoder": encoder.EncoderConfig,
     "seq2seq": seq2seq.Seq2SeqConfig,
+    "rnn": rnn.RnnConfig,
+    "mamba": mamba.MambaConfig,
+    "rwkv": rwkv.RwkvConfig,
 }
 
 

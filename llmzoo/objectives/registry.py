@@ -32,7 +32,7 @@ class Objective:
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "causal_lm": Objective(token_loss, ("decoder",)),
+    "causal_lm": Objective(token_loss, ("decoder", "rnn", "mamba", "rwkv")),
     "mlm": Objective(token_loss, ("encoder",)),
     "span_corruption": Objective(token_loss, ("seq2seq",)),
     "denoising": Objective(token_loss, ("seq2seq",)),

@@ -18,14 +18,17 @@ from tqdm.auto import tqdm
 
 from llmzoo import run_dir as ckpt
 from llmzoo import sharding
-from llmzoo.config import TrainConfig, to_dict
+from llmzoo.config import TrainConfig
+from llmzoo.config_io import to_dict
 from llmzoo.errors import ConfigError
 from llmzoo.hf.tokenizer import load_tokenizer
 from llmzoo.models import registry
 from llmzoo.objectives import registry as objectives
 from llmzoo.objectives.examples import make_examples
 from llmzoo.params import flatten, init_params
+from llmzoo.train import distributed, inputs
 from llmzoo.train.divergence import DivergenceGuard
+from llmzoo.train.inputs import Input, make_input
 from llmzoo.train.metrics import MetricsWriter
 from llmzoo.train.optimizer import lr_schedule, make_optimizer
 from llmzoo.train.step import TrainState, make_steps
@@ -84,10 +87,28 @@ def resolve_init_from(cfg: TrainConfig) -> TrainConfig:
 
 
 def prepare_tokenizer(cfg: TrainConfig, log=print):
-    """Loads the configured tokenizer, training it on the dataset first if it is missing."""
-    from llmzoo.data import iter_texts, train_tokenizer
+    """Loads the configured tokenizer, training it on the dataset first if it is missing.
+
+    With several processes, process 0 prepares the dataset's splits (a TFDS build, for local
+    text) and the tokenizer while the others wait, then all load them: ``data.data_dir`` and the
+    tokenizer must be on a file system the processes share.
+    """
+    from llmzoo.data import source_for
 
     d = cfg.data
+    if not distributed.is_primary():
+        distributed.barrier("llmzoo_data")
+        return load_tokenizer(d.tokenizer_path)
+    if jax.process_count() > 1:
+        source_for(d, d.train_split), source_for(d, d.eval_split)
+    tokenizer = _load_or_train_tokenizer(d, log)
+    distributed.barrier("llmzoo_data")
+    return tokenizer
+
+
+def _load_or_train_tokenizer(d, log):
+    from llmzoo.data import iter_texts, train_tokenizer
+
     path = d.tokenizer_path
     if os.path.exists(path) or not d.train_tokenizer:
         return load_tokenizer(path)
@@ -102,7 +123,10 @@ def prepare_tokenizer(cfg: TrainConfig, log=print):
 
 
 def evaluate(eval_fn, params, batches, put) -> dict:
-    """Token-weighted means over ``batches``: ``{'loss', 'count', <objective metrics>}``."""
+    """Token-weighted means over ``batches``: ``{'loss', 'count', <objective metrics>}``.
+
+    ``put`` moves a host batch onto the devices.
+    """
     sums: dict[str, float] = {}
     for batch in batches:
         out = jax.device_get(eval_fn(params, put(batch)))
@@ -184,9 +208,12 @@ def _sample(cfg: TrainConfig, params, tokenizer) -> str | None:
 
     if cfg.objective.name != "causal_lm" or not registry.can_generate(cfg.model.kind):
         return None
+    params = distributed.host_params(params)  # a collective when params span processes
+    if not distributed.is_primary():
+        return None
     room = cfg.model.max_seq_len - len(tokenizer.encode(cfg.sample_prompt)) - 1
     return generate_text(
-        jax.device_get(params),
+        params,
         tokenizer,
         cfg.sample_prompt,
         cfg=cfg.model,
@@ -211,32 +238,7 @@ def _check_fits(cfg: TrainConfig, tokenizer, mesh, rules) -> None:
         )
 
 
-def _data(cfg: TrainConfig, tokenizer, examples):
-    """The checkpointable training iterator and the fixed list of validation batches."""
-    from llmzoo.data import make_eval_batches, make_lm_pipeline, source_for
-
-    d = cfg.data
-    train_src, eval_src = source_for(d, d.train_split), source_for(d, d.eval_split)
-    it = make_lm_pipeline(
-        train_src,
-        tokenizer,
-        seq_len=cfg.seq_len,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        example=examples,
-    )
-    eval_batches = make_eval_batches(
-        eval_src,
-        tokenizer,
-        seq_len=cfg.seq_len,
-        batch_size=cfg.batch_size,
-        max_batches=cfg.eval_batches,
-        example=examples,
-    )
-    return it, eval_batches
-
-
-def _restore(mngr, state: TrainState, it, log, run_dir) -> tuple[TrainState, int]:
+def _restore(mngr, state: TrainState, inp: Input, log, run_dir) -> tuple[TrainState, int]:
     """The state (and data position) of the newest readable checkpoint, if there is one."""
     abstract = lambda tree: jax.tree.map(  # noqa: E731
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
@@ -247,7 +249,7 @@ def _restore(mngr, state: TrainState, it, log, run_dir) -> tuple[TrainState, int
     start, params, opt_state, meta = found
     step = jax.device_put(jnp.int32(start), state.step.sharding)
     if "data" in meta:
-        it.set_state(meta["data"])
+        inp.restore(meta["data"])
     log(f"resumed from step {start} in {run_dir}")
     return TrainState(step=step, params=params, opt_state=opt_state), start
 
@@ -264,7 +266,14 @@ def _eval_record(result: dict, done: int) -> dict:
     return rec | {f"val_{k}": v for k, v in result.items() if k not in ("loss", "count")}
 
 
-def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True, log=print):
+def train(
+    cfg: TrainConfig,
+    *,
+    stop_at: int | None = None,
+    progress: bool = True,
+    log=print,
+    extras: bool = True,
+):
     """Trains (or resumes) the run in ``cfg.run_dir``: any model kind, any objective.
 
     Args:
@@ -272,47 +281,47 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True
         stop_at: exit after this step (saving a checkpoint) as if interrupted; resume later.
         progress: show a progress bar.
         log: where status lines go.
+        extras: once training is complete, also compute the baselines and a sample.
 
     Returns:
         A summary dict: run_dir, step, val_loss and the objective's validation metrics
         (``val_accuracy`` ...), and once training is complete the baselines
         (``unigram_entropy``, for MLM ``majority_accuracy``) and, for a causal LM, a sample.
+
+    With several processes (:mod:`llmzoo.train.distributed`), every process calls this; only
+    process 0 logs and writes the run directory's files besides the checkpoints, which all
+    save together.
     """
+    primary = distributed.is_primary()
+    log = log if primary else lambda *a, **k: None
     cfg = resolve_init_from(cfg)
     objective = objectives.for_config(cfg)
     _check_resume_config(cfg.run_dir, cfg)
     mesh, rules, p_shard = _layout(cfg)  # before any work
+    batch_shard = sharding.batch_sharding(mesh, rules=rules)
+    inputs.shard_layout(cfg, batch_shard)  # also before any work
     tokenizer = prepare_tokenizer(cfg, log)
     _check_fits(cfg, tokenizer, mesh, rules)
     examples = make_examples(cfg, tokenizer)
 
     state, tx = _initial_state(cfg, mesh, p_shard, log)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    batch_shard = sharding.batch_sharding(mesh, rules=rules)
     train_fn, eval_fn = make_steps(
         objective.loss, cfg.model, tx, cfg.grad_accum, state_shardings, batch_shard
     )
-
-    check = getattr(registry.get(cfg.model.kind), "check_batch", None)
-
-    def put(batch):
-        batch = {k: np.asarray(v) for k, v in batch.items()}
-        if check is not None:  # ids past a table would be clamped silently on the device
-            check(batch, cfg.model)
-        return jax.device_put(batch, batch_shard)
-
-    it, eval_batches = _data(cfg, tokenizer, examples)
+    inp = make_input(cfg, tokenizer, examples, batch_shard)
     with ckpt.training_checkpoints(cfg.run_dir, max_to_keep=cfg.keep_checkpoints) as mngr:
-        state, start = _restore(mngr, state, it, log, cfg.run_dir)
+        state, start = _restore(mngr, state, inp, log, cfg.run_dir)
         # Only now, with the checkpoint (if any) read, is the run directory written to.
-        ckpt.write_config(cfg.run_dir, cfg)
-        ckpt.copy_tokenizer(tokenizer.path, cfg.run_dir)
-        writer = MetricsWriter(cfg.run_dir, resume_step=start)
-        run = _Run(cfg, train_fn, eval_fn, put, it, eval_batches, mngr, writer)
+        if primary:
+            ckpt.write_config(cfg.run_dir, cfg)
+            ckpt.copy_tokenizer(tokenizer.path, cfg.run_dir)
+        writer = MetricsWriter(cfg.run_dir, resume_step=start, active=primary)
+        run = _Run(cfg, train_fn, eval_fn, inp, mngr, writer, log)
         last = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
         try:
             with sharding.use_mesh(mesh, rules):
-                state, result = _loop(run, state, (start, last), progress)
+                state, result = _loop(run, state, (start, last), progress and primary)
                 step = max(start, last)
                 if step >= cfg.steps and result is None:
                     result = run.evaluate(state.params)
@@ -321,8 +330,8 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None, progress: bool = True
     summary = {"run_dir": cfg.run_dir, "step": step, "val_loss": None}
     if result is not None:
         summary |= _eval_record(result, step)
-    if step >= cfg.steps:
-        summary |= _baselines(cfg, tokenizer, examples, eval_batches)
+    if step >= cfg.steps and extras:
+        summary |= _baselines(cfg, tokenizer, examples, inp.eval_batches)
         summary["sample"] = _sample(cfg, state.params, tokenizer)
     return summary
 
@@ -334,14 +343,13 @@ class _Run:
     cfg: TrainConfig
     train_fn: Callable
     eval_fn: Callable
-    put: Callable  # host batch -> sharded device batch
-    it: Any  # the checkpointable training iterator
-    eval_batches: list
+    inp: Input  # the training iterator and validation batches
     mngr: Any  # the Orbax checkpoint manager
     writer: MetricsWriter
+    log: Callable  # prints on process 0 only
 
     def evaluate(self, params) -> dict:
-        return evaluate(self.eval_fn, params, self.eval_batches, self.put)
+        return evaluate(self.eval_fn, params, self.inp.eval_batches, self.inp.put_global)
 
 
 class _Meter:
@@ -382,7 +390,7 @@ def _loop(run: _Run, state: TrainState, span: tuple[int, int], progress: bool):
                desc="train", dynamic_ncols=True)  # fmt: skip
     with bar:
         for step in bar:
-            state, metrics = run.train_fn(state, run.put(next(run.it)), key)
+            state, metrics = run.train_fn(state, run.inp.put(next(run.inp.it)), key)
             done = step + 1
             guard.push(done, metrics["finite"])
             log_now = done % cfg.log_every == 0 or done == last
@@ -398,9 +406,9 @@ def _loop(run: _Run, state: TrainState, span: tuple[int, int], progress: bool):
             if eval_now:
                 result = run.evaluate(state.params)
                 run.writer.write(_eval_record(result, done))
-                bar.write(f"step {done}: val_loss {result['loss']:.4f}")
+                (bar.write if progress else run.log)(f"step {done}: val_loss {result['loss']:.4f}")
             if save_now:
                 guard.check_state(state, done)
-                meta = {"step": done, "data": run.it.get_state(), "config": to_dict(cfg)}
+                meta = {"step": done, "data": run.inp.position(), "config": to_dict(cfg)}
                 ckpt.save(run.mngr, done, state.params, state.opt_state, meta)
     return state, result

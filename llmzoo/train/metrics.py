@@ -11,17 +11,21 @@ class MetricsWriter:
 
     On resume, records past the restored step (written by an interrupted run) are dropped so the
     log reads as one uninterrupted run, and so is a last line cut short by a kill or a full disk.
-    The file is rewritten atomically: a failure leaves the old one whole.
+    The file is rewritten atomically: a failure leaves the old one whole. An inactive writer
+    (on a process other than 0 of a multi-process run) writes nothing.
     """
 
-    def __init__(self, run_dir: str, resume_step: int = 0):
+    def __init__(self, run_dir: str, resume_step: int = 0, *, active: bool = True):
         self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.active = active
+        self._tb = None
+        if not active:
+            return
         if os.path.exists(self.path):
             kept = [ln for ln, rec in _lines(self.path) if rec.get("step", 0) <= resume_step]
             with open(self.path + ".tmp", "w") as f:
                 f.writelines(kept)
             os.replace(self.path + ".tmp", self.path)
-        self._tb = None
         try:  # optional
             from tensorboardX import SummaryWriter  # type: ignore
 
@@ -31,6 +35,8 @@ class MetricsWriter:
 
     def write(self, record: dict) -> None:
         """Appends ``record`` (which must have a ``step``)."""
+        if not self.active:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:

@@ -65,6 +65,12 @@ CONFIGS = {
             **COMMON,
         ),
     ),
+    "bloom": (
+        "BloomConfig",
+        dict(
+            hidden_size=64, n_layer=2, n_head=4, hidden_dropout=0.0, attention_dropout=0.0, **COMMON
+        ),
+    ),
 }
 VARIANTS = {
     "llama_bias_tied": ("LlamaConfig", dict(LLAMA_LIKE, attention_bias=True, mlp_bias=True,
@@ -79,6 +85,9 @@ VARIANTS = {
     "rope_llama3": ("LlamaConfig", dict(LLAMA_LIKE, rope_parameters={
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 32, "rope_theta": 10000.0})),
+    # ALiBi with a head count that is not a power of two (interleaved extra slopes), untied head
+    "bloom_6heads_untied": ("BloomConfig", dict(CONFIGS["bloom"][1], hidden_size=48, n_head=6,
+                                                tie_word_embeddings=False)),
 }  # fmt: skip
 
 

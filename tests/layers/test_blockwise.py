@@ -101,10 +101,14 @@ def test_matches_jax_nn_causal():
     np.testing.assert_allclose(out, ref, **TOL)
 
 
-@pytest.mark.parametrize("name", ["causal", "left_padding"])
-def test_alibi_matches_dense(name):
-    q, k, v = _qkv(s=T, seed=3)
-    _assert_match(q, k, v, _rules()[name], slopes=alibi_slopes(6))
+@pytest.mark.parametrize(
+    "name,n,kh",
+    [("causal", 6, 2), ("left_padding", 6, 2), ("packed_segments", 6, 2), ("causal", 4, 4)],
+)
+def test_alibi_matches_dense(name, n, kh):
+    """ALiBi inside the blocks, forward and custom backward; positions restart per segment."""
+    q, k, v = _qkv(s=T, n=n, kh=kh, seed=3)
+    _assert_match(q, k, v, _rules()[name], slopes=alibi_slopes(n))
 
 
 def test_cross_lengths_and_key_padding():
@@ -170,16 +174,18 @@ def test_resolve_impl_on_cpu(monkeypatch):
 
 
 @pytest.mark.gpu
-def test_cudnn_matches_dense_on_gpu():
+@pytest.mark.parametrize("alibi", [False, True], ids=["plain", "alibi"])
+def test_cudnn_matches_dense_on_gpu(alibi):
     if blockwise._cudnn_problem("bfloat16", 64, 16, 16) is not None:
         pytest.skip("needs cuDNN flash attention (a GPU)")
     q, k, v = (x.astype(jnp.bfloat16) for x in _qkv(t=16, s=16, h=64, seed=8))
     pos = jnp.array([[-1, -1, *range(14)], list(range(16))])
     rule = MaskRule(pos, pos)
-    plan = plan_attention(rule, impl="cudnn", dtype="bfloat16", head_dim=64)
+    slopes = alibi_slopes(6) if alibi else None  # cuDNN gets the materialised ALiBi bias
+    plan = plan_attention(rule, impl="cudnn", dtype="bfloat16", head_dim=64, alibi_slopes=slopes)
     assert plan.impl == "cudnn"
     out = jax.jit(attend)(q, k, v, plan).astype(jnp.float32)
-    ref = _dense(*(x.astype(jnp.float32) for x in (q, k, v)), rule)
+    ref = _dense(*(x.astype(jnp.float32) for x in (q, k, v)), rule, slopes=slopes)
     np.testing.assert_allclose(out, ref, atol=3e-2)
     np.testing.assert_array_equal(out[0, :2], 0.0)
 
@@ -258,7 +264,7 @@ DECODERS = {  # learned positions (plain gpt2) attend as alibi_mqa does without 
     "rope_gqa_swa_remat": dataclasses.replace(
         GPT2, position="rope", n_kv_heads=2, sliding_window=3, norm="rmsnorm", remat=True
     ),
-    "alibi_mqa": dataclasses.replace(GPT2, position="alibi", n_kv_heads=1),
+    "alibi_mqa": dataclasses.replace(GPT2, position="alibi", embed_norm=True, n_kv_heads=1),
 }
 
 

@@ -255,6 +255,27 @@ def test_alibi_slopes_non_power_of_two():
     np.testing.assert_allclose(alibi_slopes(12), expected12, rtol=1e-6)
 
 
+@pytest.mark.parametrize("n_heads", [4, 6, 8, 12])
+def test_alibi_matches_transformers_build_alibi_tensor(n_heads):
+    """BLOOM's bias ``slope * k_pos`` (positions from the mask's cumsum) differs from ours,
+    ``slope * (k_pos - q_pos)``, by ``-slope * q_pos``: constant over keys, so softmax drops it."""
+    torch = pytest.importorskip("torch")
+    bloom = pytest.importorskip("transformers.models.bloom.modeling_bloom")
+    mask = np.array([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])  # row 0 left-padded
+    ref = bloom.build_alibi_tensor(torch.as_tensor(mask), n_heads, torch.float32).numpy()
+    ref = ref.reshape(2, n_heads, 7)  # [B, N, S]
+    slopes = alibi_slopes(n_heads)
+    np.testing.assert_allclose(slopes, ref[1, :, 1], rtol=1e-6)  # key position 1: the slope
+    pos = np.where(mask > 0, np.cumsum(mask, 1) - 1, -1)
+    ours = np.asarray(alibi_bias(jnp.asarray(slopes), jnp.asarray(pos), jnp.asarray(pos)))
+    shift = ours - ref[:, :, None, :]  # [B, N, T, S]: -slope * q_pos on the real keys
+    want = -slopes[None, :, None] * pos[:, None, :]  # [B, N, T]
+    real = mask.astype(bool)
+    for b in range(2):
+        got = shift[b][..., real[b]]  # [N, T, real keys]
+        np.testing.assert_allclose(got, np.broadcast_to(want[b][..., None], got.shape), atol=1e-6)
+
+
 def test_alibi_bias_sign_and_shape():
     slopes = np.array([0.5, 0.25], np.float32)
     q_pos = jnp.array([[0, 1, 2]])

@@ -33,8 +33,10 @@ ROPE_GQA_SWA = dataclasses.replace(
     norm_bias=False,
     tie_embeddings=False,
 )
-# ALiBi + MQA + parallel residual (BLOOM/GPT-J-like switches).
-ALIBI_MQA = dataclasses.replace(GPT2, position="alibi", n_kv_heads=1, parallel_residual=True)
+# ALiBi + embedding LayerNorm (BLOOM) + MQA + parallel residual (GPT-J).
+ALIBI_MQA = dataclasses.replace(
+    GPT2, position="alibi", embed_norm=True, n_kv_heads=1, parallel_residual=True
+)
 CONFIGS = {"gpt2": GPT2, "rope_gqa_swa": ROPE_GQA_SWA, "alibi_mqa": ALIBI_MQA}
 B, T = 2, 8
 
@@ -76,7 +78,7 @@ def _tokens(shape, seed=0):
     return jax.random.randint(jax.random.key(seed), shape, 0, GPT2.vocab_size)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "rope_gqa_swa"])
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_apply_is_causal(params, name):
     cfg = CONFIGS[name]
     tokens = _tokens((B, T))
@@ -128,7 +130,7 @@ def test_cached_prefill_and_decode_match_apply(params, name):
     assert cache["k"][0].shape == (B, cfg.kv_heads, 12, cfg.dim_per_head)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "rope_gqa_swa"])
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_left_padded_batch_matches_unpadded(params, name):
     cfg, p = CONFIGS[name], params[name]
     # prompt length 5 and cache length 12 as above, so the jitted prefill/decode are reused
@@ -203,3 +205,14 @@ def test_param_tree_layout():
     assert "w_gate" in specs["layers"]["mlp"] and "bias" not in specs["final_norm"]
     gpt2 = decoder.param_specs(GPT2)
     assert gpt2["pos_embed"]["table"].shape == (GPT2.max_seq_len, 64) and "lm_head" not in gpt2
+    assert "embed_norm" not in gpt2
+    alibi = decoder.param_specs(ALIBI_MQA)
+    assert "pos_embed" not in alibi and alibi["embed_norm"]["bias"].shape == (64,)
+
+
+def test_alibi_has_no_position_limit():
+    """Like RoPE, ALiBi has no table: a cache longer than max_seq_len is allowed."""
+    assert ALIBI_MQA.position_limit is None and GPT2.position_limit == GPT2.max_seq_len
+    tokens = jnp.zeros((1, 4), jnp.int32)
+    cache = decoder.init_cache(None, {"tokens": tokens}, cfg=ALIBI_MQA, max_len=300)
+    assert cache["pos"].shape == (1, 300)

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llmzoo.config import OptimConfig, apply_overrides
+from llmzoo.config import OptimConfig
+from llmzoo.config_io import apply_overrides
 from llmzoo.errors import ConfigError
 from llmzoo.models import decoder
 from llmzoo.objectives.losses import cross_entropy, token_loss

@@ -48,9 +48,9 @@ def test_run_dir_restores_onto_other_meshes(tmp_path):
         _assert_equal_on(restored, saved, shardings)
 
 
-class _Iterator:
-    def set_state(self, state):
-        self.state = state
+class _Input:  # the loop's input, for its data position only
+    def restore(self, record):
+        self.record = record
 
 
 def _args(tiny_run_args, run_dir, fsdp, tensor):
@@ -75,7 +75,7 @@ def test_training_resumes_on_other_meshes(tmp_path, tiny_run_args):
         mesh, _, p_shard = _layout(cfg)
         state, _ = _initial_state(cfg, mesh, p_shard, lambda _: None)
         with ckpt.training_checkpoints(str(run_dir)) as mngr:
-            state, start = _restore(mngr, state, _Iterator(), lambda _: None, run_dir)
+            state, start = _restore(mngr, state, _Input(), lambda _: None, run_dir)
         assert start == 2
         _assert_equal_on(state.params, saved, p_shard)
         lines = []
