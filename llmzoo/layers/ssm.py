@@ -10,9 +10,9 @@ the simplified (Euler) ``dB * x = dt * B * x`` of the paper. ``dt``, ``B`` and `
 input (the "selection"); ``A = -exp(A_log)`` and the skip ``D`` do not.
 
 Training runs the recurrence for all T steps at once: with ``jax.lax.associative_scan`` over
-``[B, T, E, Z]`` pairs ``(dA, dB * x)`` (:func:`associative_scan`), or in chunks of K steps,
-parallel within a chunk and sequential across chunks (:func:`chunked_scan`, the default: the
-same numbers, and about 4x faster to compile on CPU); generation runs one step at a time
+``[B, T, E, Z]`` pairs ``(dA, dB * x)`` (:func:`associative_scan`, the default), or in chunks of
+K steps, associative within a chunk and sequential across chunks (:func:`chunked_scan`: less
+memory for long sequences, the same numbers); generation runs one step at a time
 (:func:`ssm_step`). A ``reset [B, T]`` mask restarts the state before a step (packed documents,
 left padding): the scan multiplies ``dA`` by 0 there, and the convolution hides the inputs of
 earlier documents from its window (:func:`causal_conv`).
@@ -181,33 +181,26 @@ def chunked_scan(
     c: jax.Array,
     h0: jax.Array,
     reset: jax.Array,
-    chunk: int = 16,
+    chunk: int = 64,
 ) -> tuple[jax.Array, jax.Array]:
-    """The same recurrence as :func:`associative_scan`, parallel within chunks of K = ``chunk``
-    steps and sequential (``lax.scan``) across them; it compiles several times faster.
+    """The same recurrence as :func:`associative_scan`, in chunks of K = ``chunk`` steps: an
+    associative scan within each chunk, ``lax.scan`` across chunks carrying the state.
 
-    Within a chunk ``h_t = sum_{s <= t} exp(sum_{s < u <= t} log dA_u) * dBx_s + exp(sum_{u <=
-    t} log dA_u) * h_in``: the decay sums come from a masked cumulative sum over a ``[K, K]``
-    grid (no differences of cumulative sums, so no cancellation), and a reset's ``log dA`` is
-    ``-1e30`` (``dA = 0``). Memory is K times that of the ``[B, T, E, Z]`` inputs. Args and
-    returns as :func:`associative_scan`.
+    The ``[B, K, E, Z]`` intermediates of one chunk are live at a time rather than all T steps',
+    at the cost of T / K sequential steps. Args and returns as :func:`associative_scan`.
     """
     b, t, e, z = dbx.shape
     k = min(chunk, t)
     n = -(-t // k)
-    pad = ((0, 0), (0, n * k - t))  # padded steps (dA = 1, dBx = 0) leave the state as it is
-    log_da = jnp.pad(jnp.where(reset[:, :, None, None], -1e30, log_da), (*pad, (0, 0), (0, 0)))
-    dbx = jnp.pad(dbx, (*pad, (0, 0), (0, 0)))
-    c = jnp.pad(c, (*pad, (0, 0)))
-    xs = tuple(jnp.moveaxis(x.reshape(b, n, k, *x.shape[2:]), 1, 0) for x in (log_da, dbx, c))
-    causal = jnp.tril(jnp.ones((k, k), bool))[None, :, :, None, None]  # [1, t, s, 1, 1]: s <= t
-    after = jnp.tril(jnp.ones((k, k), bool), -1)[None, :, :, None, None]  # s < t
+    pad = ((0, 0), (0, n * k - t), (0, 0), (0, 0))  # padded steps (dA = 1, dBx = 0): no change
+    da = jnp.pad(jnp.where(reset[:, :, None, None], 0.0, jnp.exp(log_da)), pad, constant_values=1)
+    dbx, c = jnp.pad(dbx, pad), jnp.pad(c, pad[:3])
+    xs = tuple(jnp.moveaxis(x.reshape(b, n, k, *x.shape[2:]), 1, 0) for x in (da, dbx, c))
 
     def body(h, chunk_xs):
-        la, bx, cc = chunk_xs  # [B, K, E, Z], [B, K, E, Z], [B, K, Z]
-        decay = jnp.cumsum(jnp.where(after, la[:, :, None], 0.0), axis=1)  # [B, t, s, E, Z]
-        w = jnp.where(causal, jnp.exp(decay), 0.0)
-        hs = jnp.einsum("btsez,bsez->btez", w, bx) + jnp.exp(jnp.cumsum(la, axis=1)) * h[:, None]
+        a, bx, cc = chunk_xs  # [B, K, E, Z], [B, K, E, Z], [B, K, Z]
+        a, bx = jax.lax.associative_scan(_combine, (a, bx), axis=1)
+        hs = bx + a * h[:, None]
         return hs[:, -1], jnp.einsum("btez,btz->bte", hs, cc)
 
     h, y = jax.lax.scan(body, h0, xs)
@@ -240,8 +233,8 @@ def mixer(
     state: tuple[jax.Array, jax.Array],
     reset: jax.Array,
     *,
-    scan: str = "chunked",
-    chunk: int = 16,
+    scan: str = "associative",
+    chunk: int = 64,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """The Mamba mixer (``MambaMixer.forward``) from a carried state.
 

@@ -5,7 +5,7 @@ linear-time sequence modeling with selective state spaces" (Mamba-1), laid out a
 Each of the L blocks is ``x + mixer(rms_norm(x))`` (:func:`llmzoo.layers.ssm.mixer`: in
 projection, causal depthwise convolution, selective scan, gate, out projection); a final RMSNorm
 and the LM head (tied to the embedding by default) follow. Training and evaluation run the
-recurrence in parallel (a chunked scan, or ``lax.associative_scan``: ``model.scan``); generation
+recurrence in parallel (``lax.associative_scan``, or chunks of it: ``model.scan``); generation
 carries the convolution window and the SSM state as the cache, whose size does not depend on the
 length, and runs the recurrent step.
 
@@ -67,10 +67,11 @@ class MambaConfig(ModelConfig):
         tie_embeddings: the LM head is the transposed embedding table [tie_word_embeddings].
         dt_min, dt_max: the initial time steps are drawn log-uniformly in this range
             [time_step_min, time_step_max]; dt_init_floor floors them [time_step_floor].
-        scan: how full sequences run the recurrence: ``chunked`` (parallel within chunks of
-            ``scan_chunk`` steps) or ``associative`` (``lax.associative_scan`` over all T);
-            same numbers (:mod:`llmzoo.layers.ssm`). Generation steps one token at a time.
-        scan_chunk: K, the chunk length of the chunked scan (memory grows with K).
+        scan: how full sequences run the recurrence: ``associative`` (``lax.associative_scan``
+            over all T) or ``chunked`` (associative within chunks of ``scan_chunk`` steps,
+            sequential across them: less memory); same numbers (:mod:`llmzoo.layers.ssm`).
+            Generation steps one token at a time.
+        scan_chunk: K, the chunk length of the chunked scan.
     """
 
     FAMILIES = ("mamba",)
@@ -90,8 +91,8 @@ class MambaConfig(ModelConfig):
     dt_min: float = 1e-3
     dt_max: float = 0.1
     dt_init_floor: float = 1e-4
-    scan: str = "chunked"
-    scan_chunk: int = 16
+    scan: str = "associative"
+    scan_chunk: int = 64
 
     def __post_init__(self):
         super().__post_init__()
