@@ -4,7 +4,9 @@ Every model is the same small decoder trained on the same data (the embedded ``p
 corpus by default) with the same budget; only ``model.position`` differs:
 
 - ``learned``: absolute position table of T rows (it cannot run past T at all: a clear error);
-- ``sinusoidal``: the fixed sin/cos table of Vaswani et al. (2017);
+- ``sinusoidal``: the fixed sin/cos table of Vaswani et al. (2017), with the token embeddings
+  scaled by sqrt(D) as in the paper (``model.embed_scale``; unscaled, the unit-amplitude table
+  drowns the 0.02-std embeddings and the model barely learns);
 - ``rope``: rotary positions (Su et al., 2021), then the same trained weights evaluated with
   ``rope_scaling`` ``linear`` (position interpolation, Chen et al., 2023), ``ntk`` (NTK-aware
   base change) and ``yarn`` (Peng et al., 2023), each by the factor 4T / T = 4, without and with
@@ -61,7 +63,10 @@ def _overrides(a, scheme: str, run_dir: str, seq_len: int, steps: int) -> list[s
         f"run_dir={run_dir}",
         f"data.data_dir={a.data_dir}",
         "model.preset=gpt2-tiny",
+        "model.vocab_size=2048",
+        "data.vocab_size=2048",
         f"model.position={scheme}",
+        f"model.embed_scale={scheme == 'sinusoidal'}",
         "model.d_model=128",
         "model.n_heads=4",
         "model.n_layers=3",
@@ -78,8 +83,8 @@ def _overrides(a, scheme: str, run_dir: str, seq_len: int, steps: int) -> list[s
     ]
 
 
-def _train(a, scheme: str, seq_len: int, steps: int, init_from: str = "") -> str:
-    run_dir = os.path.join(a.out, f"{scheme}{'_ft' if init_from else ''}_{seq_len}")
+def _train(a, scheme: str, seq_len: int, steps: int, init_from: str = "", name: str = "") -> str:
+    run_dir = os.path.join(a.out, f"{name or scheme}{'_ft' if init_from else ''}_{seq_len}")
     extra = [f"init_from={init_from}"] if init_from else []
     cfg = resolve_train_config(None, _overrides(a, scheme, run_dir, seq_len, steps) + extra)
     if not os.path.exists(os.path.join(run_dir, "checkpoints", str(steps))):
@@ -138,7 +143,7 @@ def _finetune(a, kind: str, rope_run: str, steps: int) -> str:
         ckpt.write_run(
             src, dataclasses.replace(cfg, model=model), params, ckpt.tokenizer_path(rope_run)
         )
-    return _train(a, f"rope_{kind}", 4 * t, steps, init_from=src)
+    return _train(a, "rope", 4 * t, steps, init_from=src, name=f"rope_{kind}")
 
 
 def _summary(losses: np.ndarray | None, t: int) -> list[float | None]:
