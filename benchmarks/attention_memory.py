@@ -20,10 +20,10 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
-import tempfile
 import time
+
+from peak_memory import measure  # benchmarks/ is on sys.path when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -61,44 +61,13 @@ def child(args) -> None:
     print(json.dumps({"time": time.perf_counter() - start}))
 
 
-def _rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def run_child(args, impl: str, mode: str, t: int) -> dict:
     """One measurement in a fresh process: ``{'peak_mib', 'time', 'note'}``."""
     argv = [sys.executable, os.path.abspath(__file__), "--child-impl", impl, "--child-mode"]
     argv += [mode, "--child-len", str(t), "--heads", str(args.heads)]
     argv += ["--head-dim", str(args.head_dim), "--batch", str(args.batch)]
     argv += ["--block", str(args.block)]
-    cap_kib = int(args.cap_gib * 2**20)
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(argv, stdout=out, stderr=err)
-        over_cap = False
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if _rss_kib(proc.pid) > cap_kib:
-                over_cap = True
-                proc.kill()
-            time.sleep(0.02)
-        proc.returncode = code = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        peak = usage.ru_maxrss / 1024
-        if code != 0 or over_cap:
-            why = f"over {args.cap_gib:g} GiB" if over_cap else f"exit {code}"
-            tail = err.read().strip().splitlines()[-1:] if code > 0 else []
-            return {"peak_mib": peak, "time": None, "note": f"OOM/skipped ({why})", "err": tail}
-        return {"peak_mib": peak, "time": json.loads(out.read())["time"], "note": ""}
+    return measure(argv, args.cap_gib)
 
 
 def main() -> None:
