@@ -170,12 +170,18 @@ def _quiet_failed_saves() -> None:
     sys.unraisablehook = lambda u: None if _is_orbax_unraisable(u) else previous(u)
 
 
+_ORBAX_TMP = ".orbax-checkpoint-tmp"  # Orbax's name for a save in progress
+
+
 def _not_orbax_error(record: logging.LogRecord) -> bool:
+    """False for an error logged by Orbax, or about a write into a save in progress: asyncio
+    logs a TensorStore write future whose error was never retrieved with no Orbax frame."""
     if record.levelno < logging.ERROR:
         return True
     exc = record.exc_info[1] if record.exc_info else None
-    about = record.pathname.startswith(_ORBAX_DIR) or _ORBAX_DIR in record.getMessage()
-    return not (about or _raised_in_orbax(exc))
+    text = record.getMessage()
+    about = record.pathname.startswith(_ORBAX_DIR) or _ORBAX_DIR in text or _ORBAX_TMP in text
+    return not (about or _ORBAX_TMP in str(exc or "") or _raised_in_orbax(exc))
 
 
 def _is_orbax_unraisable(unraisable) -> bool:
