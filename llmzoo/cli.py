@@ -41,6 +41,8 @@ def _cmd_train(args) -> int:
     from llmzoo.train.loop import train
 
     cfg = resolve_train_config(args.config, args.overrides)
+    if cfg.objective.name in ("ppo", "grpo"):  # their own loop of rollouts and updates
+        return _train_rl(cfg, args)
     distributed.initialize_from_env()  # several processes, if the environment says so
     summary = train(cfg, stop_at=args.stop_at, progress=not args.no_progress)
     if not distributed.is_primary():
@@ -55,13 +57,50 @@ def _cmd_train(args) -> int:
         print(f"always predicting the most frequent token: {summary['majority_accuracy']:.4f}")
     if summary.get("sample") is not None:
         print(f"sample ({cfg.sample_prompt!r} ->): {summary['sample']!r}")
+    from llmzoo.eval_tasks import add_task_report
+
+    for line in add_task_report(summary):  # classification / NER: the validation task report
+        print(line)
+    print(f"run directory: {summary['run_dir']} (step {summary['step']})")
+    return 0
+
+
+def _train_rl(cfg, args) -> int:
+    from llmzoo.train.rl import train_rl
+
+    summary = train_rl(cfg, stop_at=args.stop_at, progress=not args.no_progress)
+    if summary.get("reward") is not None:
+        print(f"mean reward of the last rollouts: {summary['reward']:.4f} (KL to the reference "
+              f"{summary['kl']:.4f} nats per completion)")  # fmt: skip
+    if None not in (summary.get("val_reward"), summary.get("val_reward_start")):
+        print(f"validation reward: {summary['val_reward_start']:.4f} at the start, "
+              f"{summary['val_reward']:.4f} now")  # fmt: skip
     print(f"run directory: {summary['run_dir']} (step {summary['step']})")
     return 0
 
 
 def _cmd_eval(args) -> int:
     from llmzoo.eval import evaluate_run
+    from llmzoo.eval_tasks import format_report, is_task_run, task_report
 
+    if is_task_run(args.run):  # classification / NER: the task report, then it as JSON
+        report = task_report(args.run, split=args.split, max_batches=args.max_batches)
+        print(format_report(report))
+        print(json.dumps(report))
+        return 0
+    from llmzoo.eval_sft import evaluate_sft_run, is_sft_run
+    from llmzoo.run_dir import read_config
+
+    if read_config(args.run).objective.name in ("ppo", "grpo"):  # the policy's mean reward
+        from llmzoo.train.rl import evaluate_rl_run
+
+        print(json.dumps(evaluate_rl_run(args.run, split=args.split, max_batches=args.max_batches)))
+        return 0
+
+    if is_sft_run(args.run):  # instruction tuning: response loss and held-out exact match
+        result = evaluate_sft_run(args.run, split=args.split, max_batches=args.max_batches)
+        print(json.dumps(result))
+        return 0
     result = evaluate_run(args.run, split=args.split, max_batches=args.max_batches)
     print(json.dumps(result))
     return 0
@@ -190,6 +229,17 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _cmd_lora(args) -> int:
+    from llmzoo import lora_run
+
+    if args.lora_command == "merge":
+        lora_run.merge_run(args.run, args.out, force=args.force)
+    else:
+        lora_run.export_peft(args.run, args.out, args.base_model)
+    print(f"wrote {args.out} from {args.run} ({args.lora_command})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(
@@ -299,6 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--to-hf", help="the Hugging Face directory to write")
     c.add_argument("--force", action="store_true", help="replace a non-empty --out run directory")
     c.set_defaults(fn=_cmd_convert)
+
+    lo = sub.add_parser("lora", help="LoRA runs: merge the adapters, or export them for PEFT")
+    los = lo.add_subparsers(dest="lora_command", metavar="ACTION", required=True)
+    for action, what in (("merge", "a plain run directory"), ("export", "a PEFT adapter dir")):
+        a = los.add_parser(action, help=f"write a LoRA run's adapters as {what}")
+        a.add_argument("--run", required=True, help="a LoRA run directory")
+        a.add_argument("--out", required=True, help=f"{what} to write")
+        a.add_argument("--force", action="store_true", help="replace a non-empty --out run")
+        a.add_argument("--base-model", default="", help="export: the base's Hugging Face path")
+        a.set_defaults(fn=_cmd_lora)
     return p
 
 

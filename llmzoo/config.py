@@ -195,6 +195,21 @@ RULES: dict[str, Range | tuple[str, ...]] = {
     "objective.mask_ratio": _OPEN_UNIT,
     "objective.mean_span_length": Range(lo=1.0),
     "objective.poisson_lambda": _POSITIVE,
+    "objective.beta": _POSITIVE,
+    "objective.preference_loss": ("sigmoid", "ipo", "simpo"),
+    "objective.simpo_gamma": Range(lo=0.0),
+    "objective.kl_coef": Range(lo=0.0),
+    "objective.kl_target": _POSITIVE,
+    "objective.clip_eps": _OPEN_UNIT,
+    "objective.vf_coef": Range(lo=0.0),
+    "objective.gamma": Range(0.0, 1.0),
+    "objective.lam": Range(0.0, 1.0),
+    "objective.group_size": Range(lo=2),
+    "objective.temperature": _POSITIVE,
+    **{
+        f"objective.{key}": Range(lo=1)
+        for key in ("kl_horizon", "ppo_epochs", "minibatches", "rollout_tokens")
+    },
     **{
         key: Range(lo=1)
         for key in ("steps", "batch_size", "grad_accum", "seq_len", "eval_every", "eval_batches")
@@ -206,6 +221,9 @@ RULES: dict[str, Range | tuple[str, ...]] = {
     "strategy": STRATEGIES,
     "seed": Range(lo=0),
     "on_nan": ("stop", "skip_step"),
+    "lora.rank": Range(lo=1),
+    "lora.alpha": _POSITIVE,
+    "lora.dropout": Range(0.0, 1.0, hi_open=True),
 }
 
 
@@ -237,6 +255,9 @@ class DataConfig:
             own text: a ``.txt`` or ``.jsonl`` file, a folder of them, or a glob such as
             ``'corpus/**/*.txt'`` (see :mod:`llmzoo.data.local_text`).
         text_key: the feature holding the text (for ``.jsonl`` files, the key of each record).
+        label_key: classification fine-tuning: the key (JSONL) or column (CSV) of the label.
+        tokens_key, tags_key: token classification: the JSONL keys of the words and their BIO
+            tags (see :mod:`llmzoo.data.labeled`).
         train_split, eval_split: TFDS split names; local files have ``train`` and ``validation``.
         data_dir: where TFDS datasets are built or cached (local files are prepared here too).
         txt_documents: a ``.txt`` file is one document (``file``), or each of its blank-line
@@ -257,6 +278,9 @@ class DataConfig:
 
     dataset: str = "pydoc_topics"
     text_key: str = "text"
+    label_key: str = "label"
+    tokens_key: str = "tokens"
+    tags_key: str = "tags"
     train_split: str = "train"
     eval_split: str = "validation"
     data_dir: str = "data_cache"
@@ -310,7 +334,19 @@ class OptimConfig:
         check_rules(self, "optim.")
 
 
-OBJECTIVES = ("causal_lm", "mlm", "span_corruption", "denoising")
+OBJECTIVES = (
+    "causal_lm",
+    "mlm",
+    "span_corruption",
+    "denoising",
+    "sequence_classification",
+    "token_classification",
+    "sft",
+    "reward",
+    "dpo",
+    "ppo",
+    "grpo",
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -318,8 +354,12 @@ class ObjectiveConfig:
     """What the model is trained to predict, and how its inputs are corrupted.
 
     Attributes:
-        name: ``causal_lm`` (next token), ``mlm`` (BERT masked LM), ``span_corruption`` (T5) or
-            ``denoising`` (BART text infilling and sentence permutation).
+        name: ``causal_lm`` (next token), ``mlm`` (BERT masked LM), ``span_corruption`` (T5),
+            ``denoising`` (BART text infilling and sentence permutation), or a fine-tuning
+            objective (``init_from`` a pretrained run): ``sequence_classification``,
+            ``token_classification`` (NER), ``sft`` (instruction tuning), ``reward`` (a
+            pairwise reward model), ``dpo`` (direct preference optimisation), ``ppo`` or
+            ``grpo`` (reinforcement learning from a reward: :mod:`llmzoo.train.rl`).
         mask_prob: mlm: fraction of tokens selected for prediction (80% masked, 10% random,
             10% kept).
         whole_word: mlm: select whole words rather than single pieces.
@@ -328,6 +368,29 @@ class ObjectiveConfig:
         mask_ratio: denoising: fraction of tokens masked by text infilling.
         poisson_lambda: denoising: mean of the Poisson span lengths.
         permute_sentences: denoising: shuffle the sentences of each example.
+        beta: dpo: the strength of the KL tie to the reference (the inverse temperature of
+            the implicit reward); the reward model ignores it.
+        preference_loss: dpo: ``sigmoid`` (DPO, Rafailov et al. 2023), ``ipo`` (Azar et al.
+            2023) or ``simpo`` (Meng et al. 2024: no reference model); see
+            :mod:`llmzoo.objectives.preference`.
+        simpo_gamma: dpo with ``simpo``: the target reward margin gamma.
+        reward: ppo, grpo: what scores a completion: a synthetic task's reward (``sort``,
+            ``add``, ``end``; ``synthetic``: each prompt's own), ``word:WORD`` (the share of
+            its words that are WORD) or ``run:DIR``, a reward-model run (head
+            ``sequence_classification`` with one label; the score is its logit). See
+            :mod:`llmzoo.train.rollout`.
+        kl_coef: ppo: the weight of the per-token KL penalty to the reference in the rewards
+            (its start value when adaptive); grpo: beta, the weight of the KL term.
+        kl_target, kl_horizon: ppo: adapt ``kl_coef`` towards this KL per completion (Ziegler
+            et al. 2019) over this horizon of rollouts; None (default) keeps it fixed.
+        clip_eps: ppo, grpo: epsilon of the clipped ratio (and of PPO's clipped value loss).
+        vf_coef: ppo: the weight of the value loss.
+        gamma, lam: ppo: the discount and the GAE lambda.
+        ppo_epochs, minibatches: ppo, grpo: passes over each iteration's rollouts, and the
+            optimizer steps (minibatches) of each pass.
+        group_size: grpo: completions sampled per prompt (``batch_size`` of them per iteration).
+        rollout_tokens: ppo, grpo: the most tokens a completion has.
+        temperature: ppo, grpo: the sampling temperature of the rollouts.
     """
 
     name: str = "causal_lm"
@@ -338,6 +401,22 @@ class ObjectiveConfig:
     mask_ratio: float = 0.3
     poisson_lambda: float = 3.0
     permute_sentences: bool = True
+    beta: float = 0.1
+    preference_loss: str = "sigmoid"
+    simpo_gamma: float = 0.5
+    reward: str = ""
+    kl_coef: float = 0.05
+    kl_target: float | None = None
+    kl_horizon: int = 10000
+    clip_eps: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    ppo_epochs: int = 4
+    minibatches: int = 1
+    group_size: int = 4
+    rollout_tokens: int = 16
+    temperature: float = 1.0
 
     def __post_init__(self):
         if self.name not in OBJECTIVES:
@@ -345,6 +424,41 @@ class ObjectiveConfig:
                 f"objective.name={self.name!r} is unknown; use one of {', '.join(OBJECTIVES)}"
             )
         check_rules(self, "objective.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+    """Low-rank adapters (LoRA, Hu et al. 2021): train ``A [in, R]`` and ``B [R, out]`` beside
+    frozen weight matrices, whose outputs gain ``alpha / R * x A B`` (:mod:`llmzoo.layers.lora`).
+
+    Attributes:
+        targets: regular expressions over param paths (``layers/attn/w[qkv]``, ``mlp/w_.*``)
+            choosing the matrices that get adapters; a pattern matches a path, or a trailing
+            part of it that starts after a ``/`` (``attn/wq`` matches ``decoder/layers/attn/wq``).
+        rank: R.
+        alpha: the update's scale is ``alpha / rank``.
+        dropout: dropout rate on the adapters' input in training.
+        trainable: patterns (as ``targets``) of params trained in full, such as a new task head
+            (PEFT's ``modules_to_save``); patterns that match nothing are ignored.
+    """
+
+    targets: tuple[str, ...] = ("attn/w[qv]",)
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    trainable: tuple[str, ...] = ("score/.*", "classifier/.*", "value_head/.*")
+
+    def __post_init__(self):
+        check_rules(self, "lora.")
+        if not self.targets:
+            raise ConfigError("lora.targets is empty; name the matrices to adapt, e.g. [attn/wq]")
+        for pattern in (*self.targets, *self.trainable):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(
+                    f"lora pattern {pattern!r} is not a regular expression ({e}); fix it"
+                ) from None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -378,6 +492,8 @@ class TrainConfig:
         on_nan: on a non-finite loss or gradient norm, ``stop`` (raise, naming the step; no
             checkpoint of non-finite params is ever written) or ``skip_step`` (leave params and
             optimizer state unchanged for that step and count it in the metrics).
+        lora: train low-rank adapters on a frozen model (``init_from``) instead of all its
+            params; None (the default) trains them all.
     """
 
     model: ModelConfig
@@ -404,6 +520,7 @@ class TrainConfig:
     sample_prompt: str = "The "
     sample_tokens: int = 64
     on_nan: str = "stop"
+    lora: LoraConfig | None = None
 
     def __post_init__(self):
         check_rules(self)

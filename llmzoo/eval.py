@@ -8,12 +8,14 @@ import math
 import jax
 
 from llmzoo import run_dir as ckpt
+from llmzoo.data.records import is_records, make_record_eval_batches
 from llmzoo.errors import DataError
 from llmzoo.hf.tokenizer import load_tokenizer
 from llmzoo.models import registry
 from llmzoo.objectives import registry as objectives
-from llmzoo.objectives.examples import make_examples
+from llmzoo.objectives.registry import build_examples
 from llmzoo.train.loop import evaluate
+from llmzoo.train.setup import initial_params
 from llmzoo.train.step import eval_step
 
 
@@ -28,8 +30,6 @@ def evaluate_run(run_dir: str, *, split: str | None = None, max_batches: int | N
         ``accuracy`` (of the predicted masked tokens), for span corruption and denoising ``loss``
         is per target token.
     """
-    from llmzoo.data import make_eval_batches, source_for
-
     cfg, params, step = ckpt.load_params(run_dir)
     tokenizer = load_tokenizer(ckpt.tokenizer_path(run_dir) or cfg.data.tokenizer_path)
     if tokenizer.vocab_size > cfg.model.vocab_size:
@@ -39,22 +39,16 @@ def evaluate_run(run_dir: str, *, split: str | None = None, max_batches: int | N
             "it was trained with"
         )
     objective = objectives.for_config(cfg)
-    d = cfg.data
-    split = split or d.eval_split
-    src = source_for(d, split)
-    batches = make_eval_batches(
-        src,
-        tokenizer,
-        seq_len=cfg.seq_len,
-        batch_size=cfg.batch_size,
-        max_batches=max_batches or cfg.eval_batches,
-        example=make_examples(cfg, tokenizer),
-    )
+    split = split or cfg.data.eval_split
+    batches = _batches(cfg, tokenizer, split, max_batches or cfg.eval_batches)
     check = getattr(registry.get(cfg.model.kind), "check_batch", None)
     for batch in batches if check is not None else ():
         check(batch, cfg.model)  # ids past a table would be clamped silently on the device
+    frozen = None
+    if objective.split is not None:  # e.g. DPO's reference: the run's initial params
+        _, frozen = objective.split(cfg, initial_params(cfg))
     fn = jax.jit(functools.partial(eval_step, objective=objective.loss, cfg=cfg.model))
-    result = evaluate(fn, params, batches, put=lambda b: b)
+    result = evaluate(functools.partial(fn, frozen=frozen), params, batches, put=lambda b: b)
     extra = {k: v for k, v in result.items() if k not in ("loss", "count")}
     return {
         "step": step,
@@ -65,3 +59,23 @@ def evaluate_run(run_dir: str, *, split: str | None = None, max_batches: int | N
         "tokens": int(result["count"]),
         **extra,
     }
+
+
+def _batches(cfg, tokenizer, split: str, max_batches: int) -> list:
+    """The evaluation batches of ``split``, built as in training."""
+    from llmzoo.data import make_eval_batches, source_for
+
+    examples = build_examples(cfg, tokenizer)
+    if is_records(examples):
+        records = examples.load(cfg.data, split)
+        return make_record_eval_batches(
+            records, examples, batch_size=cfg.batch_size, max_batches=max_batches
+        )
+    return make_eval_batches(
+        source_for(cfg.data, split),
+        tokenizer,
+        seq_len=cfg.seq_len,
+        batch_size=cfg.batch_size,
+        max_batches=max_batches,
+        example=examples,
+    )

@@ -163,6 +163,40 @@ def _compiled_init(treedef, leaves: tuple, flat_shardings):
     return jax.jit(build, out_shardings=shardings)
 
 
+FRESH_INIT_SALT = 0x7FFFFFFF
+"""A run's fresh params are drawn from ``fold_in(key(seed), FRESH_INIT_SALT)``."""
+
+
+def fresh_init_key(seed: int) -> jax.Array:
+    """The key :func:`init_params` draws a run's fresh params with (training and loading agree)."""
+    return jax.random.fold_in(jax.random.key(seed), FRESH_INIT_SALT)
+
+
+def fit_params(specs, source, key: jax.Array, shardings=None) -> tuple[dict, list, list]:
+    """``source`` params fitted to ``specs``: params of the same path, shape and dtype are kept,
+    the others drawn fresh by :func:`init_params` with ``key`` (the same per-path keys as a
+    whole init), and params ``specs`` lacks dropped; placed by ``shardings`` if given.
+
+    Returns:
+        ``(params, new paths, dropped paths)``.
+    """
+    want, got = flatten(specs), flatten(source)
+    same = lambda k: (
+        (got[k].shape, jnp.dtype(got[k].dtype))
+        == (  # noqa: E731
+            tuple(want[k].shape),
+            jnp.dtype(want[k].dtype),
+        )
+    )
+    reuse = {k for k in want if k in got and same(k)}
+    new, dropped = sorted(set(want) - reuse), sorted(set(got) - set(want))
+    places = flatten(shardings) if shardings is not None else {}
+    pick = lambda tree: unflatten({k: tree[k] for k in new})  # noqa: E731
+    fresh = flatten(init_params(key, pick(want), pick(places) if places else None)) if new else {}
+    put = lambda k, x: jax.device_put(x, places[k]) if places else x  # noqa: E731
+    return unflatten({k: put(k, got[k]) if k in reuse else fresh[k] for k in want}), new, dropped
+
+
 def param_count(tree: Any) -> int:
     """Number of scalars in a tree of arrays, ShapeDtypeStructs or ParamSpecs."""
     leaves = jax.tree.leaves(tree, is_leaf=is_spec)

@@ -33,6 +33,7 @@ from llmzoo.config import TrainConfig
 from llmzoo.config_io import to_dict
 from llmzoo.errors import CheckpointError
 from llmzoo.hf.tokenizer import TOKENIZER_FILES, find_tokenizer_file, load_tokenizer
+from llmzoo.layers import lora
 from llmzoo.models import registry
 from llmzoo.params import abstract_params as spec_shapes
 from llmzoo.presets import train_config_from_dict
@@ -325,10 +326,15 @@ def load_params(run_dir: str, shardings: Any = None) -> tuple[TrainConfig, Any, 
         shardings: optional tree of shardings to place the params onto.
 
     Returns:
-        ``(config, params, step)``.
+        ``(config, params, step)``; a LoRA run's params are its ``init_from`` base with its
+        adapters merged in.
     """
     cfg = read_config(run_dir)
-    abstract = _abstract_params(registry.get(cfg.model.kind).param_specs(cfg.model), shardings)
+    specs = registry.get(cfg.model.kind).param_specs(cfg.model)
+    abstract, base = _abstract_params(specs, shardings), None
+    if cfg.lora is not None:  # a LoRA run holds adapters over the params of its init_from
+        base = lora.run_base(cfg, specs, load_params(cfg.init_from)[1], shardings)
+        abstract = lora.trainable_abstract(specs, cfg.lora, base)
     mngr = checkpoint_manager(run_dir, async_save=False)
     try:
         found = restore_latest(mngr, abstract, None, quarantine=False)
@@ -340,6 +346,7 @@ def load_params(run_dir: str, shardings: Any = None) -> tuple[TrainConfig, Any, 
             "train the run first or check the path"
         )
     step, params, _, _ = found
+    params = params if base is None else lora.merged_params(base, params, cfg.lora)
     return cfg, params, step
 
 

@@ -8,6 +8,7 @@ import pytest
 from llmzoo.params import (
     ParamSpec,
     abstract_params,
+    fit_params,
     flatten,
     init_params,
     is_spec,
@@ -127,3 +128,21 @@ def test_is_spec():
     assert is_spec(ParamSpec((1,)))
     assert not is_spec(jax.ShapeDtypeStruct((1,), jnp.float32))
     assert not is_spec({"w": ParamSpec((1,))})
+
+
+def test_fit_params_keeps_matching_params_and_draws_the_rest_as_a_whole_init_would():
+    specs = {
+        "embed": {"table": ParamSpec((6, 4), logical_axes=("vocab", "embed"))},
+        "score": {"w": ParamSpec((4, 3), logical_axes=("embed", None))},
+    }
+    source = {
+        "embed": {"table": jnp.arange(24.0).reshape(6, 4)},
+        "lm_head": {"w": jnp.ones((4, 6))},
+        "score": {"w": jnp.ones((4, 2))},  # another shape: drawn fresh
+    }
+    key = jax.random.key(7)
+    params, new, dropped = fit_params(specs, source, key)
+    assert new == ["score/w"] and dropped == ["lm_head/w"]
+    np.testing.assert_array_equal(params["embed"]["table"], source["embed"]["table"])
+    whole = init_params(key, specs)
+    np.testing.assert_array_equal(params["score"]["w"], whole["score"]["w"])

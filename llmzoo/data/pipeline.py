@@ -174,7 +174,7 @@ def make_lm_pipeline(
     return iter(rows.batch(batch_size, drop_remainder=True))
 
 
-def _pad_batch(batch: Batch, batch_size: int) -> Batch:
+def pad_batch(batch: Batch, batch_size: int) -> Batch:
     """Pads the leading dimension of every array with zero rows up to ``batch_size``."""
     missing = batch_size - len(next(iter(batch.values())))
     return {k: np.pad(v, [(0, missing)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
@@ -218,9 +218,14 @@ def make_eval_batches(
         add_eos=True,
         worker_count=0,
     )
+    return padded_batches(rows, batch_size, max_batches)
+
+
+def padded_batches(rows: grain.IterDataset, batch_size: int, max_batches: int | None) -> list:
+    """At most ``max_batches`` batches of ``rows``, the last padded with zero rows to B."""
     batches = []
     for batch in rows.batch(batch_size, drop_remainder=False):
         if max_batches is not None and len(batches) >= max_batches:
             break
-        batches.append(_pad_batch(batch, batch_size))
+        batches.append(pad_batch(batch, batch_size))
     return batches

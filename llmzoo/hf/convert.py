@@ -57,8 +57,9 @@ def convert_from_hf(hf_dir: str, run_dir: str, *, force: bool = False) -> str:
 
 
 def _tokenizer_side_files(folder: str) -> tuple[str, ...]:
-    """``tokenizer.json``'s special tokens live in these side files; keep them with it."""
-    names = ("tokenizer_config.json", "special_tokens_map.json")
+    """``tokenizer.json``'s special tokens (and its chat template) live in these side files;
+    keep them with it."""
+    names = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
     return tuple(os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n)))
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from llmzoo.layers import linear
 from llmzoo.params import ParamSpec, normal, zeros
 
 
@@ -196,9 +197,9 @@ def _weighted_values(probs: jax.Array, v: jax.Array) -> jax.Array:
 def qkv_projection(params: dict, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Projects ``x [B, T, D]`` to ``q [B, T, N, H]``, ``k, v [B, T, K, H]`` (with biases)."""
     dt = x.dtype
-    q = jnp.einsum("btd,dnh->btnh", x, params["wq"].astype(dt))
-    k = jnp.einsum("btd,dkh->btkh", x, params["wk"].astype(dt))
-    v = jnp.einsum("btd,dkh->btkh", x, params["wv"].astype(dt))
+    q = linear.einsum("btd,dnh->btnh", x, params["wq"])
+    k = linear.einsum("btd,dkh->btkh", x, params["wk"])
+    v = linear.einsum("btd,dkh->btkh", x, params["wv"])
     if "bq" in params:
         q, k, v = (
             q + params["bq"].astype(dt),
@@ -216,8 +217,8 @@ def out_projection(params: dict, o: jax.Array) -> jax.Array:
     (``benchmarks/decode.py``, same runs, CPU).
     """
     b, t, n, h = o.shape
-    wo = params["wo"].astype(o.dtype).reshape(n * h, -1)
-    out = (o.reshape(b * t, n * h) @ wo).reshape(b, t, -1)
+    wo = linear.merge_inputs(params["wo"], 2)
+    out = linear.einsum("mi,id->md", o.reshape(b * t, n * h), wo).reshape(b, t, -1)
     if "bo" in params:
         out = out + params["bo"].astype(o.dtype)
     return out

@@ -8,15 +8,15 @@ reuses them at every step.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
+from llmzoo.layers import linear
 from llmzoo.layers.attention import out_projection
 from llmzoo.layers.blockwise import AttentionPlan, attend
 
 
 def project_heads(params: dict, x: jax.Array, weight: str, bias: str) -> jax.Array:
     """One projection to heads, ``x [B, T, D]`` -> ``[B, T, N, H]``, with its bias if present."""
-    y = jnp.einsum("btd,dnh->btnh", x, params[weight].astype(x.dtype))
+    y = linear.einsum("btd,dnh->btnh", x, params[weight])
     return y + params[bias].astype(x.dtype) if bias in params else y
 
 

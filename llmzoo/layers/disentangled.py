@@ -19,6 +19,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from llmzoo.layers import linear
 from llmzoo.params import ParamSpec, normal, zeros
 
 POS_ATT_TYPES = ("c2p", "p2c")
@@ -114,7 +115,7 @@ def project_relative(
     """
 
     def project(name):
-        out = jnp.einsum("rd,dnh->rnh", rel_embed, params[f"w{name}"].astype(rel_embed.dtype))
+        out = linear.einsum("rd,dnh->rnh", rel_embed, params[f"w{name}"])
         return out + params[f"b{name}"].astype(rel_embed.dtype)
 
     return (

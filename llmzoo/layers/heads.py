@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from llmzoo.layers import linear
 from llmzoo.layers.mlp import ACTIVATIONS, activation_fn
 from llmzoo.layers.norms import layer_norm
 from llmzoo.params import ParamSpec, normal, zeros
@@ -29,7 +30,7 @@ def dense_specs(
 
 def dense(params: dict, x: jax.Array) -> jax.Array:
     """``x [..., I] @ w [I, O] (+ b)`` -> ``[..., O]`` in the dtype of ``x``."""
-    out = jnp.einsum("...i,io->...o", x, params["w"].astype(x.dtype))
+    out = linear.einsum("...i,io->...o", x, params["w"])
     return out + params["b"].astype(x.dtype) if "b" in params else out
 
 

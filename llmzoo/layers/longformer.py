@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from llmzoo.layers import attention as attn_lib
+from llmzoo.layers import linear
 
 _NEG = float(jnp.finfo(jnp.float32).min)
 _F32 = jnp.float32
@@ -162,9 +163,9 @@ def global_attention(params: dict, x: jax.Array, lp: LongformerPlan) -> jax.Arra
     ``x [B, T, D]`` -> ``[B, G, N, H]``; logits are ``[B, N, G, T]``.
     """
     dt, h = x.dtype, params["wq"].shape[-1]
-    qg = jnp.einsum("bgd,dnh->bgnh", _gather(x, lp.slots), params["wq"].astype(dt))
-    kg = jnp.einsum("btd,dnh->btnh", x, params["wk"].astype(dt)) + params["bk"].astype(dt)
-    vg = jnp.einsum("btd,dnh->btnh", x, params["wv"].astype(dt)) + params["bv"].astype(dt)
+    qg = linear.einsum("bgd,dnh->bgnh", _gather(x, lp.slots), params["wq"])
+    kg = linear.einsum("btd,dnh->btnh", x, params["wk"]) + params["bk"].astype(dt)
+    vg = linear.einsum("btd,dnh->btnh", x, params["wv"]) + params["bv"].astype(dt)
     qg = (qg + params["bq"].astype(dt)) * h**-0.5
     s = jnp.einsum("bgnh,btnh->bngt", qg, kg, preferred_element_type=_F32)
     g_seg = _gather(lp.segment, lp.slots)

@@ -7,8 +7,8 @@ Params: ``w_up [D, F]`` (+ ``w_gate [D, F]`` when gated), ``w_down [F, D]``, opt
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
+from llmzoo.layers import linear
 from llmzoo.params import ParamSpec, normal, zeros
 
 ACTIVATIONS = {
@@ -71,17 +71,17 @@ def mlp(params: dict, x: jax.Array, *, kind: str) -> jax.Array:
     Returns:
         ``[B, T, D]``.
     """
-    up = jnp.einsum("btd,df->btf", x, params["w_up"].astype(x.dtype))
+    up = linear.einsum("btd,df->btf", x, params["w_up"])
     if "b_up" in params:
         up = up + params["b_up"].astype(x.dtype)
     if kind in GATED:
-        gate = jnp.einsum("btd,df->btf", x, params["w_gate"].astype(x.dtype))
+        gate = linear.einsum("btd,df->btf", x, params["w_gate"])
         if "b_gate" in params:
             gate = gate + params["b_gate"].astype(x.dtype)
         h = activation_fn(GATED[kind])(gate) * up
     else:
         h = activation_fn(kind)(up)
-    out = jnp.einsum("btf,fd->btd", h, params["w_down"].astype(x.dtype))
+    out = linear.einsum("btf,fd->btd", h, params["w_down"])
     if "b_down" in params:
         out = out + params["b_down"].astype(x.dtype)
     return out

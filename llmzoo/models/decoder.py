@@ -37,7 +37,7 @@ from llmzoo.models.decoder_cache import (
     unstack_layers,
 )
 from llmzoo.models.decoder_config import DecoderConfig
-from llmzoo.params import ParamSpec, init_params, normal, stack, with_dtype
+from llmzoo.params import ParamSpec, init_params, normal, stack, with_dtype, zeros
 from llmzoo.sharding import constrain, take_rows
 
 ACT_AXES = ("batch", "seq", "embed")
@@ -80,11 +80,27 @@ def param_specs(cfg: DecoderConfig) -> dict:
                 (cfg.max_seq_len, d), logical_axes=(None, "embed"), init=normal(0.01)
             )
         }
-    if not cfg.tie_embeddings:
+    if cfg.head == "lm" and not cfg.tie_embeddings:
         specs["lm_head"] = {
             "w": ParamSpec((d, cfg.vocab_size), logical_axes=("embed", "vocab"), init=normal(std))
         }
-    return with_dtype(specs, cfg.param_dtype)
+    return with_dtype(specs | _head_specs(cfg), cfg.param_dtype)
+
+
+def _head_specs(cfg: DecoderConfig) -> dict:
+    """The classification (``score``) and value heads of ``cfg``, if any."""
+    d, c, std = cfg.d_model, cfg.num_labels, cfg.init_std
+    specs = {}
+    if cfg.head != "lm":
+        specs["score"] = {"w": ParamSpec((d, c), logical_axes=("embed", None), init=normal(std))}
+    if cfg.head == "token_classification":
+        specs["score"]["b"] = ParamSpec((c,), logical_axes=(None,), init=zeros)
+    if cfg.value_head:
+        specs["value_head"] = {
+            "w": ParamSpec((d, 1), logical_axes=("embed", None), init=normal(std)),
+            "b": ParamSpec((1,), logical_axes=(None,), init=zeros),
+        }
+    return specs
 
 
 def init(key: jax.Array, cfg: DecoderConfig, shardings=None) -> dict:
@@ -145,12 +161,47 @@ def _embed(params, tokens, positions, cfg, rng):
 
 def _logits(params, x, cfg, dtype=jnp.float32):
     """Final norm and LM head. ``x: [B, T, D]`` -> ``[B, T, V]`` in ``dtype``."""
-    x = _norm(params["final_norm"], x, cfg)
+    return _lm_logits(params, _norm(params["final_norm"], x, cfg), cfg, dtype)
+
+
+def _lm_logits(params, x, cfg, dtype):
+    """The LM head on final-normed states. ``x: [B, T, D]`` -> ``[B, T, V]`` in ``dtype``."""
     if cfg.tie_embeddings:
         w = params["embed"]["table"].astype(x.dtype)
         return jnp.einsum("btd,vd->btv", x, w, preferred_element_type=dtype)
     w = params["lm_head"]["w"].astype(x.dtype)
     return jnp.einsum("btd,dv->btv", x, w, preferred_element_type=dtype)
+
+
+def last_real_index(segment_ids: jax.Array | None, t: int, b: int) -> jax.Array:
+    """``[B]``: each row's last position whose ``segment_ids [B, T]`` is non-zero (T - 1 for
+    every row without ``segment_ids``, and for a row of padding only)."""
+    if segment_ids is None:
+        return jnp.full((b,), t - 1, jnp.int32)
+    from_end = jnp.argmax(segment_ids[:, ::-1] != 0, axis=-1)
+    return (t - 1 - from_end).astype(jnp.int32)
+
+
+def _heads(params, h, segment_ids, cfg) -> dict:
+    """The outputs of ``cfg.head`` (and the value head) from final-normed states ``h [B, T, D]``:
+    ``logits`` ``[B, T, V]`` (lm, compute dtype), ``[B, C]`` (sequence_classification, the last
+    real token of each row) or ``[B, T, C]`` (token_classification); ``values [B, T]``."""
+    f32 = jnp.float32
+    out = {"final_hidden": h}
+    if cfg.head == "lm":
+        out["logits"] = _lm_logits(params, h, cfg, cfg.compute_dtype)
+    elif cfg.head == "sequence_classification":
+        b, t = h.shape[:2]
+        pooled = h[jnp.arange(b), last_real_index(segment_ids, t, b)]
+        w = params["score"]["w"].astype(h.dtype)
+        out["logits"] = jnp.einsum("bd,dc->bc", pooled, w, preferred_element_type=f32)
+    else:
+        w, bias = params["score"]["w"].astype(h.dtype), params["score"]["b"].astype(f32)
+        out["logits"] = jnp.einsum("btd,dc->btc", h, w, preferred_element_type=f32) + bias
+    if cfg.value_head:
+        w, bias = params["value_head"]["w"].astype(h.dtype), params["value_head"]["b"].astype(f32)
+        out["values"] = (jnp.einsum("btd,do->bto", h, w, preferred_element_type=f32) + bias)[..., 0]
+    return out
 
 
 def _plan(cfg, rule, impl):
@@ -193,8 +244,12 @@ def apply(
         return_hidden: also return the residual stream after every block.
 
     Returns:
-        ``{'logits': [B, T, V]}`` in the compute dtype (a loss takes its log-softmax in
-        float32), plus ``'hidden': [L, B, T, D]`` if ``return_hidden``.
+        ``'logits'``: by ``cfg.head``, ``[B, T, V]`` in the compute dtype (``lm``; a loss takes
+        its log-softmax in float32), ``[B, C]`` (``sequence_classification``: the last token
+        whose ``segment_ids`` is non-zero, so pad on the right) or ``[B, T, C]``
+        (``token_classification``), both float32; ``'final_hidden' [B, T, D]`` (after the final
+        norm); ``'values' [B, T]`` float32 with ``cfg.value_head``; ``'hidden' [L, B, T, D]``
+        (each block's output) if ``return_hidden``.
 
     Raises:
         DataError: learned positions and T > ``cfg.max_seq_len``.
@@ -220,7 +275,7 @@ def apply(
 
     body = remat(body, cfg.remat)
     x, hidden = jax.lax.scan(body, x, (params["layers"], jnp.arange(cfg.n_layers)))
-    out = {"logits": _logits(params, x, cfg, cfg.compute_dtype)}
+    out = _heads(params, _norm(params["final_norm"], x, cfg), segment_ids, cfg)
     if return_hidden:
         out["hidden"] = hidden
     return out

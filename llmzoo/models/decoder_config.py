@@ -11,6 +11,8 @@ from llmzoo.config import ModelConfig, RopeScaling, check_range
 from llmzoo.errors import ConfigError
 from llmzoo.layers import blockwise
 
+HEADS = ("lm", "sequence_classification", "token_classification")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DecoderConfig(ModelConfig):
@@ -49,6 +51,13 @@ class DecoderConfig(ModelConfig):
         attention_impl: ``dense``, ``blockwise`` (O(T) memory), ``cudnn`` or ``auto``; see
             :mod:`llmzoo.layers.blockwise`. Decoding with a KV cache uses its own loop over the
             filled slots (:mod:`llmzoo.layers.kv_cache`).
+        head: what the final states feed: ``lm`` (next-token logits), ``sequence_classification``
+            (``score/w [D, C]`` on each row's last real token; a reward model has C = 1) or
+            ``token_classification`` (``score/{w, b}`` on every token), as Hugging Face's
+            ``*ForCausalLM``, ``*ForSequenceClassification`` and ``*ForTokenClassification``.
+        num_labels: C, classes of the classification heads.
+        value_head: also predict a scalar value per token (``value_head/{w [D, 1], b [1]}``,
+            PPO's critic, as TRL's ``ValueHead``).
     """
 
     FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "gpt_neox", "bloom")
@@ -81,10 +90,13 @@ class DecoderConfig(ModelConfig):
     attn_scale: float | None = None
     init_std: float = 0.02
     attention_impl: str = "dense"
+    head: str = "lm"
+    num_labels: int = 2
+    value_head: bool = False
 
     def __post_init__(self):
         super().__post_init__()
-        for key in ("d_model", "n_layers", "n_heads", "d_ff"):
+        for key in ("d_model", "n_layers", "n_heads", "d_ff", "num_labels"):
             check_range(f"model.{key}", getattr(self, key), lo=1)
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ConfigError(
@@ -103,6 +115,8 @@ class DecoderConfig(ModelConfig):
         if self.norm not in ("layernorm", "rmsnorm"):
             raise ConfigError(f"model.norm={self.norm!r} is unknown; use layernorm or rmsnorm")
         blockwise.check_attention_impl(self.attention_impl)
+        if self.head not in HEADS:
+            raise ConfigError(f"model.head={self.head!r} is unknown; use {', '.join(HEADS)}")
 
     @property
     def position_limit(self) -> int | None:

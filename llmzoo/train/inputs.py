@@ -18,6 +18,7 @@ import numpy as np
 
 from llmzoo.config import TrainConfig
 from llmzoo.data import make_eval_batches, make_lm_pipeline, source_for
+from llmzoo.data.records import is_records, make_record_eval_batches, make_record_pipeline
 from llmzoo.data.shards import ShardedIterator, position_record, read_position_record
 from llmzoo.errors import ConfigError
 from llmzoo.models import registry
@@ -89,9 +90,37 @@ def shard_layout(cfg: TrainConfig, batch_sharding) -> tuple[tuple[int, int], ran
 
 
 def make_input(cfg: TrainConfig, tokenizer, examples, batch_sharding) -> Input:
-    """This process's training iterator and the validation batches of ``cfg``."""
-    d = cfg.data
+    """This process's training iterator and the validation batches of ``cfg``: packed text, or
+    the records of a fine-tuning objective (:mod:`llmzoo.data.records`)."""
     rows, shards, count = shard_layout(cfg, batch_sharding)
+    check = getattr(registry.get(cfg.model.kind), "check_batch", None)
+    if is_records(examples):
+        make, eval_batches = _record_input(cfg, examples, count)
+    else:
+        make, eval_batches = _text_input(cfg, tokenizer, examples, count)
+    it = ShardedIterator(lambda s: make(shard=(s, count)), shards, count)
+    return Input(it, eval_batches, rows, batch_sharding, check, cfg)
+
+
+def _record_input(cfg: TrainConfig, examples, count: int):
+    d = cfg.data
+    train_records = examples.load(d, d.train_split)
+    eval_records = examples.load(d, d.eval_split)
+    make = functools.partial(
+        make_record_pipeline,
+        train_records,
+        examples,
+        batch_size=cfg.batch_size // count,
+        seed=cfg.seed,
+    )
+    eval_batches = make_record_eval_batches(
+        eval_records, examples, batch_size=cfg.batch_size, max_batches=cfg.eval_batches
+    )
+    return make, eval_batches
+
+
+def _text_input(cfg: TrainConfig, tokenizer, examples, count: int):
+    d = cfg.data
     train_src, eval_src = source_for(d, d.train_split), source_for(d, d.eval_split)
     make = functools.partial(
         make_lm_pipeline,
@@ -110,6 +139,4 @@ def make_input(cfg: TrainConfig, tokenizer, examples, batch_sharding) -> Input:
         max_batches=cfg.eval_batches,
         example=examples,
     )
-    check = getattr(registry.get(cfg.model.kind), "check_batch", None)
-    it = ShardedIterator(lambda s: make(shard=(s, count)), shards, count)
-    return Input(it, eval_batches, rows, batch_sharding, check, cfg)
+    return make, eval_batches

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -13,24 +14,31 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from llmzoo import run_dir as ckpt
 from llmzoo import sharding
 from llmzoo.config import TrainConfig
 from llmzoo.config_io import to_dict
+from llmzoo.data.records import is_records
 from llmzoo.errors import ConfigError
-from llmzoo.hf.tokenizer import load_tokenizer
 from llmzoo.models import registry
 from llmzoo.objectives import registry as objectives
-from llmzoo.objectives.examples import make_examples
-from llmzoo.params import flatten, init_params
+from llmzoo.params import flatten
 from llmzoo.train import distributed, inputs
 from llmzoo.train.divergence import DivergenceGuard
 from llmzoo.train.inputs import Input, make_input
 from llmzoo.train.metrics import MetricsWriter
-from llmzoo.train.optimizer import lr_schedule, make_optimizer
+from llmzoo.train.optimizer import lr_schedule
+from llmzoo.train.setup import (
+    check_fits,
+    check_tokenizer_for,
+    initial_state,
+    layout,
+    prepare_tokenizer,
+    resolve_init_from,
+    write_run_files,
+)
 from llmzoo.train.step import TrainState, make_steps
 
 # Keys that may change between a run and its resumption; anything else must match.
@@ -53,7 +61,9 @@ RESUMABLE_CHANGES = {
 }
 
 
-def _check_resume_config(run_dir: str, cfg: TrainConfig) -> None:
+def check_resume_config(run_dir: str, cfg: TrainConfig) -> None:
+    """Raises unless ``run_dir`` is new or holds a run of ``cfg`` (but for the keys in
+    :data:`RESUMABLE_CHANGES`); warns when ``steps`` changed."""
     if not os.path.exists(os.path.join(run_dir, "config.yaml")):
         return
     old = flatten(to_dict(ckpt.read_config(run_dir)), ".")
@@ -72,56 +82,6 @@ def _check_resume_config(run_dir: str, cfg: TrainConfig) -> None:
         )
 
 
-def resolve_init_from(cfg: TrainConfig) -> TrainConfig:
-    """With ``init_from``, take the model config (and tokenizer) of that run."""
-    if not cfg.init_from:
-        return cfg
-    src = ckpt.read_config(cfg.init_from)
-    tok = ckpt.tokenizer_path(cfg.init_from)
-    data = (
-        cfg.data
-        if tok is None
-        else dataclasses.replace(cfg.data, tokenizer=tok, train_tokenizer=False)
-    )
-    return dataclasses.replace(cfg, model=src.model, data=data)
-
-
-def prepare_tokenizer(cfg: TrainConfig, log=print):
-    """Loads the configured tokenizer, training it on the dataset first if it is missing.
-
-    With several processes, process 0 prepares the dataset's splits (a TFDS build, for local
-    text) and the tokenizer while the others wait, then all load them: ``data.data_dir`` and the
-    tokenizer must be on a file system the processes share.
-    """
-    from llmzoo.data import source_for
-
-    d = cfg.data
-    if not distributed.is_primary():
-        distributed.barrier("llmzoo_data")
-        return load_tokenizer(d.tokenizer_path)
-    if jax.process_count() > 1:
-        source_for(d, d.train_split), source_for(d, d.eval_split)
-    tokenizer = _load_or_train_tokenizer(d, log)
-    distributed.barrier("llmzoo_data")
-    return tokenizer
-
-
-def _load_or_train_tokenizer(d, log):
-    from llmzoo.data import iter_texts, train_tokenizer
-
-    path = d.tokenizer_path
-    if os.path.exists(path) or not d.train_tokenizer:
-        return load_tokenizer(path)
-    log(f"training a {d.vocab_size}-token {d.tokenizer_type} tokenizer on {d.dataset} ...")
-    t0 = time.time()
-    prefix = path[: -len(".model")] if path.endswith(".model") else path
-    os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
-    texts = iter_texts(d, d.train_split)
-    train_tokenizer(texts, prefix, vocab_size=d.vocab_size, model_type=d.tokenizer_type)
-    log(f"tokenizer written to {prefix}.model in {time.time() - t0:.1f}s")
-    return load_tokenizer(prefix + ".model")
-
-
 def evaluate(eval_fn, params, batches, put) -> dict:
     """Token-weighted means over ``batches``: ``{'loss', 'count', <objective metrics>}``.
 
@@ -137,41 +97,6 @@ def evaluate(eval_fn, params, batches, put) -> dict:
     return {"loss": sums.get("loss_sum", 0.0) / count, "count": count, **result}
 
 
-def _replicate_scalars(tree, mesh):
-    rep = NamedSharding(mesh, PartitionSpec())
-    return jax.tree.map(
-        lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, rep), tree
-    )
-
-
-def _layout(cfg: TrainConfig):
-    """The mesh, the rules and the param shardings of ``cfg``: one-line ConfigErrors for a mesh
-    that does not fit the devices, bad rules or a dimension the mesh cannot split, before any
-    work."""
-    mesh = sharding.strategy_mesh(cfg.strategy, cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor)
-    rules = sharding.resolve_rules(cfg.sharding_rules)
-    specs = registry.get(cfg.model.kind).param_specs(cfg.model)
-    return mesh, rules, sharding.param_shardings(specs, mesh, rules)
-
-
-def _initial_state(cfg: TrainConfig, mesh, p_shard, log) -> tuple[TrainState, object]:
-    """A fresh (or ``init_from``) TrainState laid out by ``p_shard``, and its optimizer.
-
-    The optimizer state's moments are created by ``zeros_like`` of the params, in their
-    shardings; its scalars are replicated.
-    """
-    specs = registry.get(cfg.model.kind).param_specs(cfg.model)
-    tx = make_optimizer(cfg.optim, cfg.steps, specs)
-    if cfg.init_from:
-        _, params, _ = ckpt.load_params(cfg.init_from, shardings=p_shard)
-        log(f"initialised params from {cfg.init_from}")
-    else:
-        key = jax.random.fold_in(jax.random.key(cfg.seed), 0x7FFFFFFF)
-        params = init_params(key, specs, p_shard)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-    return _replicate_scalars(state, mesh), tx
-
-
 def _baselines(cfg: TrainConfig, tokenizer, examples, eval_batches) -> dict:
     """What a model that learned nothing about context scores on the validation targets.
 
@@ -181,6 +106,8 @@ def _baselines(cfg: TrainConfig, tokenizer, examples, eval_batches) -> dict:
     """
     from llmzoo.data import make_eval_batches, source_for, unigram_entropy
 
+    if is_records(examples):
+        return getattr(examples, "baselines", lambda batches: {})(eval_batches)
     d = cfg.data
     src = source_for(d, d.train_split)
     train = make_eval_batches(
@@ -224,20 +151,6 @@ def _sample(cfg: TrainConfig, params, tokenizer) -> str | None:
     )
 
 
-def _check_fits(cfg: TrainConfig, tokenizer, mesh, rules) -> None:
-    if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(
-            f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
-            f"{cfg.model.vocab_size}; set model.vocab_size>={tokenizer.vocab_size}"
-        )
-    n_batch = sharding.batch_shards(mesh, rules)
-    if (cfg.batch_size // cfg.grad_accum) % n_batch:
-        raise ConfigError(
-            f"micro-batch {cfg.batch_size // cfg.grad_accum} (batch_size/grad_accum) is not "
-            f"divisible by the {n_batch} data-parallel devices; change batch_size or the mesh"
-        )
-
-
 def _restore(mngr, state: TrainState, inp: Input, log, run_dir) -> tuple[TrainState, int]:
     """The state (and data position) of the newest readable checkpoint, if there is one."""
     abstract = lambda tree: jax.tree.map(  # noqa: E731
@@ -251,7 +164,7 @@ def _restore(mngr, state: TrainState, inp: Input, log, run_dir) -> tuple[TrainSt
     if "data" in meta:
         inp.restore(meta["data"])
     log(f"resumed from step {start} in {run_dir}")
-    return TrainState(step=step, params=params, opt_state=opt_state), start
+    return TrainState(step=step, params=params, opt_state=opt_state, frozen=state.frozen), start
 
 
 def _log_record(m: dict, done: int, lr: float, tokens_per_s: float) -> dict:
@@ -294,20 +207,22 @@ def train(
     """
     primary = distributed.is_primary()
     log = log if primary else lambda *a, **k: None
-    cfg = resolve_init_from(cfg)
+    cfg = objectives.fit_task(resolve_init_from(cfg))
     objective = objectives.for_config(cfg)
-    _check_resume_config(cfg.run_dir, cfg)
-    mesh, rules, p_shard = _layout(cfg)  # before any work
-    batch_shard = sharding.batch_sharding(mesh, rules=rules)
+    check_resume_config(cfg.run_dir, cfg)
+    mesh, rules, p_shard = layout(cfg)  # before any work
+    # a rank-1 spec: it shards the leading dimension of every rank (labels [B], tokens [B, T])
+    batch_shard = sharding.batch_sharding(mesh, ndim=1, rules=rules)
     inputs.shard_layout(cfg, batch_shard)  # also before any work
+    check_tokenizer_for(cfg, objective)
     tokenizer = prepare_tokenizer(cfg, log)
-    _check_fits(cfg, tokenizer, mesh, rules)
-    examples = make_examples(cfg, tokenizer)
+    check_fits(cfg, tokenizer, mesh, rules)
+    examples = objectives.build_examples(cfg, tokenizer)
 
-    state, tx = _initial_state(cfg, mesh, p_shard, log)
+    state, tx, loss = initial_state(cfg, objective, mesh, p_shard, log)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     train_fn, eval_fn = make_steps(
-        objective.loss, cfg.model, tx, cfg.grad_accum, state_shardings, batch_shard
+        loss, cfg.model, tx, cfg.grad_accum, state_shardings, batch_shard
     )
     inp = make_input(cfg, tokenizer, examples, batch_shard)
     with ckpt.training_checkpoints(cfg.run_dir, max_to_keep=cfg.keep_checkpoints) as mngr:
@@ -316,6 +231,7 @@ def train(
         if primary:
             ckpt.write_config(cfg.run_dir, cfg)
             ckpt.copy_tokenizer(tokenizer.path, cfg.run_dir)
+            write_run_files(cfg.run_dir, examples)
         writer = MetricsWriter(cfg.run_dir, resume_step=start, active=primary)
         run = _Run(cfg, train_fn, eval_fn, inp, mngr, writer, log)
         last = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
@@ -324,7 +240,7 @@ def train(
                 state, result = _loop(run, state, (start, last), progress and primary)
                 step = max(start, last)
                 if step >= cfg.steps and result is None:
-                    result = run.evaluate(state.params)
+                    result = run.evaluate(state)
         finally:
             writer.close()
     summary = {"run_dir": cfg.run_dir, "step": step, "val_loss": None}
@@ -332,7 +248,8 @@ def train(
         summary |= _eval_record(result, step)
     if step >= cfg.steps and extras:
         summary |= _baselines(cfg, tokenizer, examples, inp.eval_batches)
-        summary["sample"] = _sample(cfg, state.params, tokenizer)
+        params = objectives.model_params(cfg, state.params, state.frozen)
+        summary["sample"] = _sample(cfg, params, tokenizer)
     return summary
 
 
@@ -348,8 +265,13 @@ class _Run:
     writer: MetricsWriter
     log: Callable  # prints on process 0 only
 
-    def evaluate(self, params) -> dict:
-        return evaluate(self.eval_fn, params, self.inp.eval_batches, self.inp.put_global)
+    def evaluate(self, state: TrainState) -> dict:
+        """Validation metrics of ``state``'s params (and frozen params: the state is donated
+        to each step, so they are read from the current state)."""
+        eval_fn = self.eval_fn
+        if state.frozen is not None:
+            eval_fn = functools.partial(eval_fn, frozen=state.frozen)
+        return evaluate(eval_fn, state.params, self.inp.eval_batches, self.inp.put_global)
 
 
 class _Meter:
@@ -404,7 +326,7 @@ def _loop(run: _Run, state: TrainState, span: tuple[int, int], progress: bool):
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.2e}",
                                 tok_s=f"{rec['tokens_per_s']:.0f}")  # fmt: skip
             if eval_now:
-                result = run.evaluate(state.params)
+                result = run.evaluate(state)
                 run.writer.write(_eval_record(result, done))
                 (bar.write if progress else run.log)(f"step {done}: val_loss {result['loss']:.4f}")
             if save_now:

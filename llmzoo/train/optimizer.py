@@ -36,8 +36,12 @@ def decay_mask(specs) -> dict:
     return jax.tree.map(decays, specs, is_leaf=is_spec)
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int, specs) -> optax.GradientTransformation:
-    """Builds the optimizer for params declared by ``specs``."""
+def make_optimizer(
+    cfg: OptimConfig, total_steps: int, specs=None, *, mask=None
+) -> optax.GradientTransformation:
+    """Builds the optimizer for params declared by ``specs`` (weight decay by
+    :func:`decay_mask`), or for any tree of trainable params with ``mask``, a matching tree of
+    bools (True: decay)."""
     return optax.chain(
         optax.clip_by_global_norm(cfg.clip_norm),
         optax.adamw(
@@ -46,6 +50,6 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, specs) -> optax.GradientT
             b2=cfg.b2,
             eps=cfg.eps,
             weight_decay=cfg.weight_decay,
-            mask=decay_mask(specs),
+            mask=decay_mask(specs) if mask is None else mask,
         ),
     )

@@ -24,11 +24,14 @@ from flax import struct
 
 @struct.dataclass
 class TrainState:
-    """Everything that changes during training. A pytree."""
+    """Everything training works with: ``params`` (what is trained) and its ``opt_state``
+    change; ``frozen`` (None, or params the objective reads but does not train, such as a DPO
+    reference or LoRA's base weights) does not. A pytree."""
 
     step: jax.Array
     params: Any
     opt_state: Any
+    frozen: Any = None
 
 
 def train_step(
@@ -40,7 +43,10 @@ def train_step(
         state: the current :class:`TrainState`.
         batch: dict of ``[B, ...]`` arrays, as the objective's examples build them.
         key: the run's base PRNG key; this step uses ``fold_in(key, state.step)``.
-        objective: ``loss(params, batch, rng, *, cfg) -> (loss_sum, count, metrics)`` (static).
+        objective: ``loss(params, batch, rng, *, cfg) -> (loss_sum, count, metrics)`` (static);
+            with ``state.frozen`` set, called with the keyword ``frozen=state.frozen`` too.
+            It gets a dropout key when the model has dropout or ``objective.uses_rng`` is set
+            (LoRA's adapter dropout).
         cfg: model config (static).
         tx: the Optax optimizer (static).
         grad_accum: number of micro-batches A; B must divide by A (static).
@@ -51,7 +57,10 @@ def train_step(
         ``skipped`` (1.0 or 0.0). If the loss or grad_norm is not finite the update is skipped:
         params and opt_state come back bitwise unchanged; the step counter still advances.
     """
-    rng = jax.random.fold_in(key, state.step) if cfg.dropout > 0 else None
+    uses_rng = cfg.dropout > 0 or getattr(objective, "uses_rng", False)
+    rng = jax.random.fold_in(key, state.step) if uses_rng else None
+    if state.frozen is not None:
+        objective = functools.partial(objective, frozen=state.frozen)
     grads, loss_sum, count, sums = summed_grads(
         state.params, batch, rng, objective=objective, cfg=cfg, grad_accum=grad_accum
     )
@@ -65,7 +74,8 @@ def train_step(
     metrics = {k: v / denom for k, v in sums.items()}
     metrics |= {"loss": loss, "grad_norm": grad_norm, "tokens": count}
     metrics |= {"finite": finite.astype(jnp.float32), "skipped": (~finite).astype(jnp.float32)}
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state.replace(frozen=state.frozen), metrics
 
 
 def summed_grads(params, batch: dict, rng, *, objective: Callable, cfg, grad_accum: int):
@@ -116,8 +126,10 @@ def _loss(params, mb, rng, objective, cfg):
     return loss_sum, (count, sums)
 
 
-def eval_step(params, batch: dict, *, objective: Callable, cfg) -> dict:
+def eval_step(params, batch: dict, *, objective: Callable, cfg, frozen=None) -> dict:
     """Summed loss, count and metric sums on one batch (no dropout)."""
+    if frozen is not None:
+        objective = functools.partial(objective, frozen=frozen)
     loss_sum, count, sums = objective(params, batch, None, cfg=cfg)
     return {"loss_sum": loss_sum, "count": count, **sums}
 
@@ -128,7 +140,7 @@ def make_steps(
     """Jits ``train_step`` (donating the state) and ``eval_step`` once, with shardings.
 
     Returns:
-        ``(train_fn(state, batch, key), eval_fn(params, batch))``.
+        ``(train_fn(state, batch, key), eval_fn(params, batch, frozen=None))``.
     """
     train = jax.jit(
         functools.partial(train_step, objective=objective, cfg=cfg, tx=tx, grad_accum=grad_accum),

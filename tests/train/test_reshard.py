@@ -11,8 +11,10 @@ import pytest
 from llmzoo import run_dir as ckpt
 from llmzoo import sharding
 from llmzoo.models import decoder
+from llmzoo.objectives import registry as objectives
 from llmzoo.presets import get_model_preset, resolve_train_config, train_config_for
-from llmzoo.train.loop import _initial_state, _layout, _restore, train
+from llmzoo.train.loop import _restore, train
+from llmzoo.train.setup import initial_state, layout
 
 CFG = dataclasses.replace(get_model_preset("llama-tiny"), n_heads=8, d_model=64)
 # (fsdp, tensor) sizes: saved on the first, restored on the others
@@ -72,8 +74,9 @@ def test_training_resumes_on_other_meshes(tmp_path, tiny_run_args):
         run_dir = tmp_path / f"on_{fsdp}x{tensor}"
         shutil.copytree(saved_run, run_dir)
         cfg = resolve_train_config(None, _args(tiny_run_args, run_dir, fsdp, tensor))
-        mesh, _, p_shard = _layout(cfg)
-        state, _ = _initial_state(cfg, mesh, p_shard, lambda _: None)
+        mesh, _, p_shard = layout(cfg)
+        objective = objectives.for_config(cfg)
+        state, _, _ = initial_state(cfg, objective, mesh, p_shard, lambda _: None)
         with ckpt.training_checkpoints(str(run_dir)) as mngr:
             state, start = _restore(mngr, state, _Input(), lambda _: None, run_dir)
         assert start == 2

@@ -15,8 +15,8 @@ from llmzoo.errors import ConfigError
 from llmzoo.models import registry
 from llmzoo.objectives.losses import token_loss
 from llmzoo.presets import get_model_preset, resolve_train_config
-from llmzoo.train.loop import _layout, _replicate_scalars
 from llmzoo.train.optimizer import make_optimizer
+from llmzoo.train.setup import layout, replicate_scalars
 from llmzoo.train.step import TrainState, make_steps
 
 REMAT = "Involuntary full rematerialization"
@@ -54,7 +54,7 @@ def train(cfg, layout=None, steps=3):
     if mesh is None:
         train_fn, _ = make_steps(token_loss, cfg, tx, 1)
     else:  # as the loop jits it: the state keeps its shardings
-        state = _replicate_scalars(state, mesh)
+        state = replicate_scalars(state, mesh)
         shardings = jax.tree.map(lambda x: x.sharding, state)
         batch_sharding = sharding.batch_sharding(mesh, rules=rules)
         train_fn, _ = make_steps(token_loss, cfg, tx, 1, shardings, batch_sharding)
@@ -82,7 +82,7 @@ def reference(cfg):
 
 def layout_for(cfg, *overrides):
     """``(mesh, rules)`` as the training loop builds them from ``key=value`` overrides."""
-    mesh, rules, _ = _layout(resolve_train_config(None, list(overrides), base=_base(cfg)))
+    mesh, rules, _ = layout(resolve_train_config(None, list(overrides), base=_base(cfg)))
     return mesh, rules
 
 
@@ -220,7 +220,7 @@ def test_no_remat_on_a_mixed_mesh(capfd):
 def test_bad_layout_is_one_config_error_before_compiling(overrides, match):
     cfg = dataclasses.replace(LLAMA, d_model=96, n_heads=8, n_kv_heads=2)
     with pytest.raises(ConfigError, match=match) as e:
-        _layout(resolve_train_config(None, overrides, base=_base(cfg)))
+        layout(resolve_train_config(None, overrides, base=_base(cfg)))
     assert "\n" not in str(e.value)
 
 

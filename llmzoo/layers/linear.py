@@ -1,0 +1,119 @@
+"""Weight leaves and the one helper that multiplies activations by them.
+
+Every weight matmul of the layers goes through :func:`einsum`. A plain array ``w`` gives exactly
+``jnp.einsum(spec, x, w.astype(x.dtype))``; a :class:`LoraWeight` (Hu et al. 2021, "LoRA") gives
+``x . stop_gradient(w) + scale * (dropout(x) . a) . b`` without ever forming the merged matrix, so
+the frozen base gets no gradient and the adapters ``a``, ``b`` do. Other weight kinds (quantized
+arrays) belong here too, as leaves the same helper understands.
+
+A weight's dims split into *input* dims (contracted with ``x``) and *output* dims, in that order:
+``wq [D, N, H]`` has input ``D``; the attention output ``wo [N, H, D]`` has inputs ``N, H``. The
+helper reads the split from the einsum spec (the weight's letters that ``x`` also has are its
+inputs), and a LoRA adapter keeps it in its shapes: ``a [I..., R]``, ``b [R, O...]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from llmzoo.layers.residual import dropout
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LoraWeight:
+    """A frozen base weight plus a trainable low-rank update ``scale * a @ b``.
+
+    Attributes:
+        w: the base weight ``[*S, I..., O...]`` (S: stacked leading dims, e.g. the layers of a
+            ``lax.scan``, which slices every field alike).
+        a: ``[*S, I..., R]``, the down projection (R the rank).
+        b: ``[*S, R, O...]``, the up projection (zero at the start of training).
+        key: a PRNG key array ``[*S]`` for dropout on the adapter's input, or None (no dropout).
+        scale: ``alpha / R`` (static).
+        dropout: the dropout rate on the adapter's input (static).
+    """
+
+    w: jax.Array
+    a: jax.Array
+    b: jax.Array
+    key: jax.Array | None = None
+    scale: float = dataclasses.field(default=1.0, metadata=dict(static=True))
+    dropout: float = dataclasses.field(default=0.0, metadata=dict(static=True))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The base weight's shape."""
+        return self.w.shape
+
+    @property
+    def ndim(self) -> int:
+        """The base weight's rank."""
+        return self.w.ndim
+
+    @property
+    def dtype(self):
+        """The base weight's dtype."""
+        return self.w.dtype
+
+    def merged(self) -> jax.Array:
+        """``w + scale * a @ b`` in ``w``'s shape and dtype (float32 arithmetic)."""
+        r = self.a.shape[-1]
+        stack = self.a.ndim + self.b.ndim - 2 - self.w.ndim
+        lead, n_in = self.w.shape[:stack], self.a.ndim - 1 - stack
+        fan_in = math.prod(self.w.shape[stack : stack + n_in])
+        a = self.a.astype(jnp.float32).reshape(*lead, fan_in, r)
+        b = self.b.astype(jnp.float32).reshape(*lead, r, -1)
+        delta = (a @ b).reshape(self.w.shape)
+        return (self.w.astype(jnp.float32) + self.scale * delta).astype(self.w.dtype)
+
+
+def einsum(spec: str, x: jax.Array, w) -> jax.Array:
+    """``x`` times the weight ``w`` by the two-operand einsum ``spec``, in the dtype of ``x``.
+
+    Args:
+        spec: e.g. ``'btd,dnh->btnh'``; the weight's letters list its input dims, then its
+            output dims.
+        x: the activations.
+        w: a plain array, or a :class:`LoraWeight` (unstacked: inside the layer scan).
+
+    Returns:
+        The einsum's output, in ``x.dtype``.
+    """
+    if not isinstance(w, LoraWeight):
+        return jnp.einsum(spec, x, w.astype(x.dtype))
+    x_spec, rest = spec.split(",")
+    w_spec, out_spec = rest.split("->")
+    n_in = w.a.ndim - 1
+    ins, outs = w_spec[:n_in], w_spec[n_in:]
+    if any(c not in x_spec or c in out_spec for c in ins) or any(c in x_spec for c in outs):
+        raise ValueError(
+            f"einsum {spec!r}: a LoRA weight's first {n_in} dims must be its inputs (in x, not "
+            f"in the output) and the rest its outputs"
+        )
+    r = next(c for c in "rzyxwvu" if c not in spec)
+    kept = "".join(c for c in x_spec if c not in ins)
+    dt = x.dtype
+    base = jnp.einsum(spec, x, jax.lax.stop_gradient(w.w).astype(dt))
+    x_drop = dropout(x, w.dropout, w.key)
+    down = jnp.einsum(f"{x_spec},{ins}{r}->{kept}{r}", x_drop, w.a.astype(dt))
+    up = jnp.einsum(f"{kept}{r},{r}{outs}->{out_spec}", down, w.b.astype(dt))
+    return base + w.scale * up
+
+
+def merge_inputs(w, n: int):
+    """``w [I1..In, O...]`` with its first ``n`` (input) dims as one: ``[I1 * .. * In, O...]``.
+
+    For a :class:`LoraWeight`, ``w`` and ``a`` are reshaped alike (``b`` is unchanged); the
+    attention output projection uses this to run as one 2-D matmul.
+    """
+    if not isinstance(w, LoraWeight):
+        return w.reshape(math.prod(w.shape[:n]), *w.shape[n:])
+    fan_in = math.prod(w.w.shape[:n])
+    return dataclasses.replace(
+        w, w=w.w.reshape(fan_in, *w.w.shape[n:]), a=w.a.reshape(fan_in, w.a.shape[-1])
+    )
