@@ -43,7 +43,8 @@ def evaluate_run(run_dir: str, *, split: str | None = None, max_batches: int | N
     batches = _batches(cfg, tokenizer, split, max_batches or cfg.eval_batches)
     check = getattr(registry.get(cfg.model.kind), "check_batch", None)
     for batch in batches if check is not None else ():
-        check(batch, cfg.model)  # ids past a table would be clamped silently on the device
+        if "tokens" in batch:  # a batch of pairs has none: the run's tokenizer made its ids
+            check(batch, cfg.model)  # ids past a table would be clamped silently on the device
     frozen = None
     if objective.split is not None:  # e.g. DPO's reference: the run's initial params
         _, frozen = objective.split(cfg, initial_params(cfg))

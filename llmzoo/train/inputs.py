@@ -40,7 +40,9 @@ class Input:
     def put(self, local: dict) -> dict:
         """This process's rows of a batch -> the global batch on the mesh."""
         local = {k: np.asarray(v) for k, v in local.items()}
-        if self.check is not None:  # ids past a table would be clamped silently on the device
+        # ids past a table would be clamped silently on the device (a batch of pairs, whose
+        # ids the run's own tokenizer made, has no plain `tokens` to check)
+        if self.check is not None and "tokens" in local:
             self.check(local, self.cfg.model)
         rows = self.cfg.batch_size
         return {

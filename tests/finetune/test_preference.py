@@ -246,3 +246,14 @@ def test_identical_pair_is_one_line_error(objective, tmp_path, error_line):
     assert not (tmp_path / "run").exists()
     line = error_line()
     assert "preference record 0 of" in line and "identical chosen and rejected" in line
+
+
+def test_encoder_reward_model_trains_and_evaluates(pretrained_encoder, tmp_path, capsys):
+    """An encoder scores pairs by its pooled first token; a short run trains and `llmzoo eval`
+    reproduces its validation accuracy."""
+    out = _finetune(pretrained_encoder, tmp_path, "reward", steps=5, lr=1e-3)
+    assert out["step"] == 5 and 0.0 <= out["val_accuracy"] <= 1.0
+    capsys.readouterr()
+    assert main(["eval", "--run", str(tmp_path / "reward")]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["accuracy"] == pytest.approx(out["val_accuracy"], abs=1e-6)
