@@ -120,6 +120,14 @@ def _cmd_generate(args) -> int:
         )
     cfg, params, _ = run_dir.load_params(args.run)
     tokenizer = run_dir.read_tokenizer(args.run)
+    if cfg.objective.name == "sft" and not args.raw:  # the chat template it was tuned with
+        from llmzoo.eval_sft import reply
+
+        sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+        text = reply(params, cfg.model, tokenizer, args.prompt, seed=args.seed, **sampling,
+                     max_new_tokens=args.max_new_tokens)  # fmt: skip
+        print(text)
+        return 0
     text = generate_text(
         params,
         tokenizer,
@@ -281,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--no-stop", action="store_true", help="do not stop at the EOS token")
+    g.add_argument(
+        "--raw",
+        action="store_true",
+        help="an instruction-tuned (sft) run: continue the prompt as plain text instead of "
+        "answering it as the user's turn of its chat template",
+    )
     g.add_argument("--num-beams", type=int, default=1, help="beam search with K beams (K > 1)")
     g.add_argument(
         "--length-penalty", type=float, default=1.0, help="beam search: score / length ** this"

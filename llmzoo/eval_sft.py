@@ -66,6 +66,34 @@ def exact_match(
     return {"exact_match": sum(hits) / len(hits), "count": len(hits), "samples": samples}
 
 
+def reply(
+    params, cfg: ModelConfig, tokenizer, message: str, *, max_new_tokens: int, **sampling
+) -> str:
+    """The response of an instruction-tuned model to one user ``message``, prompted with the
+    chat template it was trained with (:func:`llmzoo.objectives.sft.template_for`) and cut at
+    eos.
+
+    Args:
+        params, cfg: the model.
+        tokenizer: the run's tokenizer (its folder may hold the run's Jinja template).
+        message: the user's turn.
+        max_new_tokens: the most tokens of the response.
+        **sampling: ``temperature``, ``top_k``, ``top_p``, ``seed`` of
+            :func:`llmzoo.generate.generate` (default greedy).
+
+    Returns:
+        The response text.
+    """
+    examples = SftExamples(cfg.max_seq_len, tokenizer)
+    turns = [{"role": "user", "content": message}, {"role": "assistant", "content": "."}]
+    prompt, _ = examples.prompt_and_reference({"messages": turns})
+    stops = (tokenizer.eos_id,) if tokenizer.eos_id >= 0 else ()
+    (out,) = generate(
+        params, [prompt], cfg=cfg, max_new_tokens=max_new_tokens, stop_tokens=stops, **sampling
+    )
+    return tokenizer.decode([t for t in out if t not in stops])
+
+
 def is_sft_run(run_dir: str) -> bool:
     """Whether ``run_dir`` was trained with the ``sft`` objective."""
     return ckpt.read_config(run_dir).objective.name == "sft"

@@ -9,7 +9,13 @@ import pytest
 from llmzoo import run_dir as ckpt
 from llmzoo.cli import main
 from llmzoo.data.records import make_record_eval_batches
-from llmzoo.data.sft import DefaultTemplate, JinjaTemplate, render_jinja, synthetic_instructions
+from llmzoo.data.sft import (
+    DefaultTemplate,
+    JinjaTemplate,
+    record_messages,
+    render_jinja,
+    synthetic_instructions,
+)
 from llmzoo.errors import DataError
 from llmzoo.eval_sft import exact_match
 from llmzoo.objectives.sft import SftExamples, template_for
@@ -173,3 +179,16 @@ def test_sft_learns_held_out_instructions(tmp_path, capsys, pretrained_decoder):
     print(f"held-out exact match: base {base['exact_match']:.3f}, sft {tuned['exact_match']:.3f}")
     assert base["exact_match"] == 0.0
     assert tuned["count"] == len(val) and tuned["exact_match"] > 0.5
+
+    # `llmzoo generate` answers a user message through the run's chat template, as exact match
+    # prompts it; --raw continues the plain text instead
+    run_cfg, params, _ = ckpt.load_params(str(run))
+    tuned_examples = SftExamples(128, ckpt.read_tokenizer(str(run)))
+    capsys.readouterr()
+    for record in val[:2]:
+        (message,) = [m["content"] for m in record_messages(record) if m["role"] == "user"]
+        (_, _, greedy), *_ = exact_match(params, run_cfg.model, tuned_examples, [record])["samples"]
+        assert main(["generate", "--run", str(run), "--prompt", message]) == 0
+        assert capsys.readouterr().out == greedy + "\n"
+    assert main(["generate", "--run", str(run), "--prompt", message, "--raw"]) == 0
+    assert capsys.readouterr().out.startswith(message)
