@@ -120,6 +120,15 @@ def compile_seconds(n_layers: int) -> float:
     return time.perf_counter() - t0
 
 
+@pytest.fixture
+def no_compile_cache():
+    """Real compiles: the persistent cache the suite shares would serve repeats from disk."""
+    jax.config.update("jax_enable_compilation_cache", False)
+    yield
+    jax.config.update("jax_enable_compilation_cache", True)
+
+
+@pytest.mark.usefixtures("no_compile_cache")
 def test_compile_time_flat_in_depth():
     shallow = min(compile_seconds(2) for _ in range(2))  # the first also warms shared caches
     deep = min(compile_seconds(24) for _ in range(2))
