@@ -224,6 +224,15 @@ RULES: dict[str, Range | tuple[str, ...]] = {
     "lora.rank": Range(lo=1),
     "lora.alpha": _POSITIVE,
     "lora.dropout": Range(0.0, 1.0, hi_open=True),
+    "quant.method": ("int8", "int4"),
+    "quant.group_size": Range(lo=1),
+    "quant.calibration": ("none", "gptq"),
+    "quant.calibration_batches": Range(lo=1),
+    "prune.sparsity": Range(0.0, 1.0, hi_open=True),
+    "prune.scope": ("global", "layer"),
+    "objective.kd_temperature": _POSITIVE,
+    "objective.kd_weight": Range(0.0, 1.0),
+    "objective.hidden_weight": Range(lo=0.0),
 }
 
 
@@ -346,6 +355,7 @@ OBJECTIVES = (
     "dpo",
     "ppo",
     "grpo",
+    "distill",
 )
 
 
@@ -391,6 +401,12 @@ class ObjectiveConfig:
         group_size: grpo: completions sampled per prompt (``batch_size`` of them per iteration).
         rollout_tokens: ppo, grpo: the most tokens a completion has.
         temperature: ppo, grpo: the sampling temperature of the rollouts.
+        kd_temperature: distill: the temperature tau of the teacher's and the student's
+            softmax in the soft loss (Hinton et al. 2015), which is scaled by ``tau ** 2``.
+        kd_weight: distill: the weight of the soft (KL to the teacher) loss; the hard-label
+            (next-token) loss gets ``1 - kd_weight``.
+        hidden_weight: distill: the weight of a term matching the student's final hidden
+            states to the teacher's (0: none); needs equal widths (``model.d_model``).
     """
 
     name: str = "causal_lm"
@@ -417,6 +433,9 @@ class ObjectiveConfig:
     group_size: int = 4
     rollout_tokens: int = 16
     temperature: float = 1.0
+    kd_temperature: float = 2.0
+    kd_weight: float = 0.5
+    hidden_weight: float = 0.0
 
     def __post_init__(self):
         if self.name not in OBJECTIVES:
@@ -461,6 +480,87 @@ class LoraConfig:
                 ) from None
 
 
+def _check_patterns(patterns: tuple[str, ...], key: str) -> None:
+    if not patterns:
+        raise ConfigError(f"{key} is empty; name the matrices, e.g. [attn/wq]")
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ConfigError(
+                f"{key} pattern {pattern!r} is not a regular expression ({e}); fix it"
+            ) from None
+
+
+# The weight matrices that compression touches by default: every matmul weight of the blocks
+# (the layers' linear.einsum weights); embeddings, norms, biases and heads stay as they are.
+BLOCK_MATRICES = ("attn/w[qkvo]", "mlp/w_(up|gate|down)")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuantConfig:
+    """Weight-only quantization of a run's matrices (:mod:`llmzoo.layers.quant`), as
+    ``llmzoo quantize`` writes it: the run's params hold quantized leaves for ``targets``.
+
+    Attributes:
+        method: ``int8`` (per output channel) or ``int4`` (per group of ``group_size`` input
+            rows), round to nearest, symmetric.
+        group_size: int4: input rows sharing one scale (a matrix whose input size it does not
+            divide uses one group per channel).
+        targets: patterns over param paths (as :class:`LoraConfig`'s) of the quantized matrices.
+        calibration: ``none`` (round to nearest) or ``gptq`` (:mod:`llmzoo.compress.gptq`:
+            calibrated on the run's training split; decoders only). The stored leaves are alike.
+        calibration_batches: GPTQ: the training batches it calibrates on.
+    """
+
+    method: str = "int8"
+    group_size: int = 32
+    targets: tuple[str, ...] = BLOCK_MATRICES
+    calibration: str = "none"
+    calibration_batches: int = 8
+
+    def __post_init__(self):
+        check_rules(self, "quant.")
+        _check_patterns(self.targets, "quant.targets")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PruneConfig:
+    """Pruning of a run's matrices (:mod:`llmzoo.compress.prune`), as ``llmzoo prune`` writes
+    it; a run that trains from a pruned run keeps its zeros (fixed masks).
+
+    Attributes:
+        sparsity: the fraction of the ``targets``' weights set to zero, by magnitude.
+        scope: ``global`` (one threshold over all targets) or ``layer`` (each matrix of each
+            layer on its own).
+        nm: ``"N:M"`` structured sparsity instead (``2:4``: in every group of M consecutive
+            input weights of an output, the N largest are kept); None for unstructured.
+        targets: patterns over param paths (as :class:`LoraConfig`'s) of the pruned matrices.
+    """
+
+    sparsity: float = 0.0
+    scope: str = "global"
+    nm: str | None = None
+    targets: tuple[str, ...] = BLOCK_MATRICES
+
+    def __post_init__(self):
+        check_rules(self, "prune.")
+        _check_patterns(self.targets, "prune.targets")
+        if self.nm is not None:
+            n_m = self.n_m
+            if n_m is None or not 0 < n_m[0] < n_m[1]:
+                raise ConfigError(
+                    f"prune.nm={self.nm!r}: N:M sparsity keeps N of every M weights and needs "
+                    "0 < N < M, e.g. 2:4"
+                )
+
+    @property
+    def n_m(self) -> tuple[int, int] | None:
+        """``(N, M)`` of ``nm`` (None when unset or not of the form ``N:M``)."""
+        m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", self.nm or "")
+        return None if m is None else (int(m.group(1)), int(m.group(2)))
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Everything ``llmzoo train`` needs.
@@ -494,6 +594,13 @@ class TrainConfig:
             optimizer state unchanged for that step and count it in the metrics).
         lora: train low-rank adapters on a frozen model (``init_from``) instead of all its
             params; None (the default) trains them all.
+        quant: the run's matrices are quantized (written by ``llmzoo quantize``; read by
+            ``generate`` and ``eval``); None: plain params.
+        prune: the run's matrices are pruned (written by ``llmzoo prune``); a run with it set
+            (or inherited from its ``init_from``) prunes its initial params and keeps the
+            pruned weights at zero while it trains.
+        teacher: objective ``distill``: the run directory of the teacher whose logits the
+            student (``model``) learns from; it must share the student's vocabulary.
     """
 
     model: ModelConfig
@@ -521,6 +628,9 @@ class TrainConfig:
     sample_tokens: int = 64
     on_nan: str = "stop"
     lora: LoraConfig | None = None
+    quant: QuantConfig | None = None
+    prune: PruneConfig | None = None
+    teacher: str | None = None
 
     def __post_init__(self):
         check_rules(self)

@@ -17,6 +17,23 @@ import yaml
 
 from llmzoo.errors import ConfigError
 
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader without YAML 1.1's base-60 numbers: ``2:4`` (an N:M pattern) stays a
+    string rather than becoming the integer 124."""
+
+    def resolve(self, kind, value, implicit):
+        tag = super().resolve(kind, value, implicit)
+        if kind is yaml.ScalarNode and implicit[0] and ":" in value and tag in _NUMBER_TAGS:
+            return "tag:yaml.org,2002:str"
+        return tag
+
+
+def _load(stream):
+    return yaml.load(stream, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
 
 def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
     """Checks (and lightly coerces: int -> float) ``value`` against annotation ``tp``."""
@@ -154,7 +171,7 @@ def parse_cli_overrides(items: list[str]) -> dict:
             raise ConfigError(f"override {item!r} is not key=value (e.g. model.d_model=256)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = _load(raw) if raw != "" else ""
         except yaml.YAMLError as e:
             raise ConfigError(_yaml_message(f"override {item!r}", e)) from None
         node = out
@@ -179,7 +196,7 @@ def load_yaml(path: str) -> dict:
     """Reads a YAML override file into a dict."""
     try:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            data = _load(f) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path!r} not found; see configs/ for examples") from None
     except yaml.YAMLError as e:

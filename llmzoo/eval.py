@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -28,7 +29,8 @@ def evaluate_run(run_dir: str, *, split: str | None = None, max_batches: int | N
     Returns:
         ``{'step', 'split', 'objective', 'loss', 'ppl', 'tokens', <metrics>}``: for masked LM
         ``accuracy`` (of the predicted masked tokens), for span corruption and denoising ``loss``
-        is per target token.
+        is per target token; a distilled run (objective ``distill``) is scored as ``causal_lm``:
+        ``loss`` is its plain next-token loss, comparable with an undistilled run's.
     """
     cfg, params, step = ckpt.load_params(run_dir)
     tokenizer = load_tokenizer(ckpt.tokenizer_path(run_dir) or cfg.data.tokenizer_path)
@@ -38,7 +40,12 @@ def evaluate_run(run_dir: str, *, split: str | None = None, max_batches: int | N
             f"model.vocab_size={cfg.model.vocab_size}; the run's tokenizer file is not the one "
             "it was trained with"
         )
-    objective = objectives.for_config(cfg)
+    objective, name = objectives.for_config(cfg), cfg.objective.name
+    if objective.eval_objective is not None:  # a distilled student: its own next-token loss
+        cfg = dataclasses.replace(
+            cfg, objective=dataclasses.replace(cfg.objective, name=objective.eval_objective)
+        )
+        objective = objectives.for_config(cfg)
     split = split or cfg.data.eval_split
     batches = _batches(cfg, tokenizer, split, max_batches or cfg.eval_batches)
     check = getattr(registry.get(cfg.model.kind), "check_batch", None)
@@ -54,7 +61,7 @@ def evaluate_run(run_dir: str, *, split: str | None = None, max_batches: int | N
     return {
         "step": step,
         "split": split,
-        "objective": cfg.objective.name,
+        "objective": name,
         "loss": result["loss"],
         "ppl": math.exp(min(result["loss"], 50)),
         "tokens": int(result["count"]),

@@ -29,6 +29,7 @@ import jax
 import orbax.checkpoint as ocp
 import yaml
 
+from llmzoo import compress
 from llmzoo.config import TrainConfig
 from llmzoo.config_io import to_dict
 from llmzoo.errors import CheckpointError
@@ -327,14 +328,18 @@ def load_params(run_dir: str, shardings: Any = None) -> tuple[TrainConfig, Any, 
 
     Returns:
         ``(config, params, step)``; a LoRA run's params are its ``init_from`` base with its
-        adapters merged in.
+        adapters merged in; a quantized run's (``quant`` set) hold
+        :class:`~llmzoo.layers.quant.QuantArray` leaves, which the models use as they are.
     """
     cfg = read_config(run_dir)
     specs = registry.get(cfg.model.kind).param_specs(cfg.model)
     abstract, base = _abstract_params(specs, shardings), None
     if cfg.lora is not None:  # a LoRA run holds adapters over the params of its init_from
-        base = lora.run_base(cfg, specs, load_params(cfg.init_from)[1], shardings)
+        source = compress.dequantize_params(load_params(cfg.init_from)[1])  # as training did
+        base = lora.run_base(cfg, specs, source, shardings)
         abstract = lora.trainable_abstract(specs, cfg.lora, base)
+    elif cfg.quant is not None:  # written by `llmzoo quantize`: QuantArray leaves
+        abstract = compress.quantized_abstract(specs, cfg.quant, shardings)
     mngr = checkpoint_manager(run_dir, async_save=False)
     try:
         found = restore_latest(mngr, abstract, None, quarantine=False)

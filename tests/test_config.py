@@ -155,6 +155,18 @@ def test_parse_cli_overrides():
     assert cfg.optim.lr == 0.001 and cfg.model.remat == "full"  # an old boolean, read as a policy
 
 
+def test_colon_values_stay_strings(tmp_path):
+    # YAML 1.1 reads 2:4 as the base-60 integer 124; an N:M pattern must reach its str field.
+    assert parse_cli_overrides(["prune.nm=2:4", "a=1:30:00", "b=12"]) == {
+        "prune": {"nm": "2:4"},
+        "a": "1:30:00",
+        "b": 12,
+    }
+    (tmp_path / "p.yaml").write_text("prune:\n  nm: 2:4\n")
+    cfg = apply_overrides(BASE, load_yaml(str(tmp_path / "p.yaml")))
+    assert cfg.prune.n_m == (2, 4)
+
+
 def test_exponent_floats_from_cli_and_yaml(tmp_path):
     # PyYAML follows YAML 1.1, where "3e-4" (no dot) is a string, not a float. Users write
     # lr=3e-4 on the command line and lr: 3e-4 in YAML files; both must reach the float field.

@@ -10,6 +10,7 @@ import dataclasses
 import os
 import warnings
 
+from llmzoo.compress import dequantize_params
 from llmzoo.errors import DataError
 from llmzoo.hf import checkpoint as hf_checkpoint
 from llmzoo.hf.tokenizer import find_tokenizer_file, load_tokenizer
@@ -79,12 +80,21 @@ def convert_to_hf(run_dir: str, hf_dir: str, *, dtype=None) -> str:
     (see :mod:`llmzoo.hf.tokenizer_export`; a model that ``tokenizers`` cannot reproduce is only
     copied, with a warning). bos/eos/pad ids from the tokenizer go into ``config.json``.
 
+    A quantized run (``llmzoo quantize``) is exported dequantized, with a warning.
+
     Returns:
         ``hf_dir``.
     """
     import shutil
 
     train_cfg, params, tok_path = read_run(run_dir)
+    if train_cfg.quant is not None:  # Hugging Face's layout holds float weights: scale * q
+        warnings.warn(
+            f"{run_dir!r} is {train_cfg.quant.method}-quantized; exporting its dequantized "
+            "weights (float, with the quantization error)",
+            stacklevel=2,
+        )
+        params = dequantize_params(params)
     extra = {}
     if tok_path is not None:
         tok = load_tokenizer(tok_path)

@@ -198,8 +198,9 @@ def config_from_hf(hf: dict) -> ModelConfig:
         ) from None
 
 
-# Fields that do not change what a checkpoint computes at inference.
-_TRAINING_ONLY = ("dropout", "init_std", "dtype", "param_dtype", "remat")
+# Fields that do not change what a checkpoint holds (how it trains, or how it decodes: an int8
+# KV cache is a choice of the reader).
+_TRAINING_ONLY = ("dropout", "init_std", "dtype", "param_dtype", "remat", "kv_cache_dtype")
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
@@ -220,7 +221,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
             f"a {cfg.family} checkpoint loads as kind {back.kind!r}, not {cfg.kind!r}; "
             "pick a family of this kind"
         )
-    reset = {k: getattr(type(cfg)(), k) for k in _TRAINING_ONLY}
+    reset = {k: getattr(type(cfg)(), k) for k in _TRAINING_ONLY if hasattr(cfg, k)}
     want = fam.canonical(dataclasses.replace(cfg, **reset))
     back = fam.canonical(dataclasses.replace(back, **reset))
     for field in dataclasses.fields(want):

@@ -10,6 +10,13 @@ Dao et al., 2022). Slots are never gathered or concatenated, so each block is re
 Masks come from positions by the one rule of :func:`llmzoo.layers.attention.attention_mask`
 (padding and empty slots carry position -1), so left-padded batches, sliding windows and ALiBi
 behave exactly as on the dense path. A query that sees no key gets output 0, as elsewhere.
+
+A layer's keys or values are either one float array or :class:`Int8Slots` (the decoder's
+``kv_cache_dtype="int8"``): int8 values with a float32 scale per slot and head, written by
+symmetric round to nearest (:func:`quantize_slots`) and dequantized one block at a time inside
+the loop, so the float cache is never materialised: the block's integers are cast to the compute
+dtype and its scales multiply the logits (keys) and the probabilities (values), which gives the
+products of the dequantized block without writing it.
 """
 
 from __future__ import annotations
@@ -25,6 +32,87 @@ from llmzoo.layers.positional import alibi_bias
 DECODE_BLOCK = 256  # keys per block of :func:`prefix_attention`
 _NEG = float(jnp.finfo(jnp.float32).min)
 _F32 = jnp.float32
+INT8_MAX = 127
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Int8Slots:
+    """One layer's cached keys or values as int8, ``x ~= values * scale[..., None]``.
+
+    Both leaves lead with the batch axis, so tree maps over a cache (row selection in beam
+    search, ``lax.while_loop`` carries) treat them as they treat a float cache.
+
+    Attributes:
+        values: ``[B, K, S, H]`` int8 in ``[-127, 127]``.
+        scale: ``[B, K, S]`` float32, ``max |x| / 127`` over H of each slot and head.
+    """
+
+    values: jax.Array
+    scale: jax.Array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.values.shape
+
+    @property
+    def dtype(self):
+        return self.values.dtype
+
+    def dequantize(self, dtype=_F32) -> jax.Array:
+        """``[B, K, S, H]`` in ``dtype``."""
+        return (self.values.astype(_F32) * self.scale[..., None]).astype(dtype)
+
+
+def empty_int8(shape: tuple[int, ...]) -> Int8Slots:
+    """Zero int8 slots of ``shape [B, K, S, H]`` (scales ``[B, K, S]`` of 0)."""
+    return Int8Slots(jnp.zeros(shape, jnp.int8), jnp.zeros(shape[:-1], _F32))
+
+
+def quantize_slots(x: jax.Array) -> Int8Slots:
+    """Symmetric round-to-nearest int8 of ``x [B, K, T, H]``, one scale per ``[B, K, T]`` entry.
+
+    Each entry's error is at most half its scale (``max |x| / 254`` over H); an all-zero entry
+    gets scale 0 and values 0.
+    """
+    x = x.astype(_F32)
+    scale = jnp.max(jnp.abs(x), axis=-1) / INT8_MAX
+    q = jnp.round(x / jnp.where(scale > 0, scale, 1.0)[..., None])
+    return Int8Slots(jnp.clip(q, -INT8_MAX, INT8_MAX).astype(jnp.int8), scale)
+
+
+def _write(cache, x: jax.Array, index: jax.Array):
+    """``cache`` (``[B, K, S, H]`` or :class:`Int8Slots`) with ``x [B, T, K, H]`` at ``index``."""
+    x = jnp.swapaxes(x, 1, 2)
+    if isinstance(cache, Int8Slots):
+        new = quantize_slots(x)
+        return Int8Slots(
+            jax.lax.dynamic_update_slice(cache.values, new.values, (0, 0, index, 0)),
+            jax.lax.dynamic_update_slice(cache.scale, new.scale, (0, 0, index)),
+        )
+    return jax.lax.dynamic_update_slice(cache, x.astype(cache.dtype), (0, 0, index, 0))
+
+
+def _scores(qg: jax.Array, kj) -> jax.Array:
+    """``[B, K, G, T, s]`` float32 products of ``qg [B, T, K, G, H]`` with a block of keys; an
+    int8 block is cast to the dtype of ``qg`` and its scales multiply the products."""
+    if isinstance(kj, Int8Slots):
+        logits = jnp.einsum(
+            "btkgh,bksh->bkgts", qg, kj.values.astype(qg.dtype), preferred_element_type=_F32
+        )
+        return logits * kj.scale[:, :, None, None, :]
+    return jnp.einsum("btkgh,bksh->bkgts", qg, kj, preferred_element_type=_F32)
+
+
+def _weighted(p: jax.Array, vj, dtype) -> jax.Array:
+    """``[B, K, G, T, H]`` float32: probabilities ``p [B, K, G, T, s]`` times a block of values;
+    an int8 block's scales multiply ``p`` and its values are cast to ``dtype``."""
+    if isinstance(vj, Int8Slots):
+        p = (p * vj.scale[:, :, None, None, :]).astype(dtype)
+        vj = vj.values.astype(dtype)
+    else:
+        p = p.astype(vj.dtype)
+    return jnp.einsum("bkgts,bksh->bkgth", p, vj, preferred_element_type=_F32)
 
 
 @jax.tree_util.register_dataclass
@@ -66,8 +154,8 @@ def _block_mask(rule: MaskRule, start: jax.Array, first_new: jax.Array, size: in
 
 def prefix_attention(
     q: jax.Array,
-    cache_k: jax.Array,
-    cache_v: jax.Array,
+    cache_k: jax.Array | Int8Slots,
+    cache_v: jax.Array | Int8Slots,
     plan: CachePlan,
     *,
     scale: float | None = None,
@@ -76,7 +164,8 @@ def prefix_attention(
 
     Args:
         q: ``[B, T, N, H]``.
-        cache_k, cache_v: ``[B, K, S, H]`` with N a multiple of K.
+        cache_k, cache_v: ``[B, K, S, H]`` with N a multiple of K, float or :class:`Int8Slots`
+            (dequantized a block at a time).
         plan: the mask rule (``k_pos [B, S]`` over the whole cache) and the filled length.
         scale: logit scale, default ``H ** -0.5``.
 
@@ -93,16 +182,19 @@ def prefix_attention(
     def block(j, carry):
         m, denom, acc = carry
         start = jnp.minimum(j * size, s - size)  # the last block may overlap the one before
-        kj, vj = (jax.lax.dynamic_slice_in_dim(x, start, size, axis=2) for x in (cache_k, cache_v))
+        kj, vj = (
+            jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, size, axis=2), x)
+            for x in (cache_k, cache_v)
+        )
         mask = _block_mask(plan.rule, start, j * size, size)
-        logits = jnp.einsum("btkgh,bksh->bkgts", qg, kj, preferred_element_type=_F32) * scale
+        logits = _scores(qg, kj) * scale
         if plan.alibi_slopes is not None:
             k_pos = jax.lax.dynamic_slice_in_dim(plan.rule.k_pos, start, size, axis=1)
             logits = logits + alibi_bias(plan.alibi_slopes, q_pos, k_pos).reshape(logits.shape)
         m_new = jnp.maximum(m, jnp.max(jnp.where(mask, logits, _NEG), axis=-1))
         p = jnp.where(mask, jnp.exp(logits - m_new[..., None]), 0.0)
         corr = jnp.exp(m - m_new)
-        pv = jnp.einsum("bkgts,bksh->bkgth", p.astype(vj.dtype), vj, preferred_element_type=_F32)
+        pv = _weighted(p, vj, q.dtype)
         return m_new, denom * corr + p.sum(-1), acc * corr[..., None] + pv
 
     init = (
@@ -120,17 +212,18 @@ def cached_attention(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
-    kv: tuple[jax.Array, jax.Array, jax.Array],
+    kv: tuple,
     plan: CachePlan,
     *,
     scale: float | None = None,
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+) -> tuple[jax.Array, tuple]:
     """Writes T new keys/values into one layer's cache, then attends over its filled part.
 
     Args:
         q: ``[B, T, N, H]`` new queries.
         k, v: ``[B, T, K, H]`` new keys and values.
-        kv: ``(cache_k, cache_v [B, K, S, H], index)``, index the first slot to write.
+        kv: ``(cache_k, cache_v [B, K, S, H], index)``, index the first slot to write; the
+            caches float or :class:`Int8Slots` (the new entries quantized as they are written).
         plan: from the cached forward pass (``plan.length`` = index + T).
         scale: logit scale, default ``H ** -0.5``.
 
@@ -138,12 +231,16 @@ def cached_attention(
         ``(out [B, T, N, H], (cache_k, cache_v))`` with the new entries written.
     """
     cache_k, cache_v, index = kv
-    start = (0, 0, index, 0)
-    cache_k, cache_v = (
-        jax.lax.dynamic_update_slice(c, jnp.swapaxes(x, 1, 2).astype(c.dtype), start)
-        for c, x in ((cache_k, k), (cache_v, v))
-    )
+    cache_k, cache_v = _write(cache_k, k, index), _write(cache_v, v, index)
     return prefix_attention(q, cache_k, cache_v, plan, scale=scale), (cache_k, cache_v)
 
 
-__all__ = ["DECODE_BLOCK", "CachePlan", "prefix_attention", "cached_attention"]
+__all__ = [
+    "DECODE_BLOCK",
+    "CachePlan",
+    "Int8Slots",
+    "empty_int8",
+    "quantize_slots",
+    "prefix_attention",
+    "cached_attention",
+]

@@ -3,8 +3,11 @@
 Every weight matmul of the layers goes through :func:`einsum`. A plain array ``w`` gives exactly
 ``jnp.einsum(spec, x, w.astype(x.dtype))``; a :class:`LoraWeight` (Hu et al. 2021, "LoRA") gives
 ``x . stop_gradient(w) + scale * (dropout(x) . a) . b`` without ever forming the merged matrix, so
-the frozen base gets no gradient and the adapters ``a``, ``b`` do. Other weight kinds (quantized
-arrays) belong here too, as leaves the same helper understands.
+the frozen base gets no gradient and the adapters ``a``, ``b`` do. A
+:class:`~llmzoo.layers.quant.QuantArray` (weight-only int8 / int4) is multiplied as its integers
+times its scales (:func:`llmzoo.layers.quant.quant_einsum`); a
+:class:`~llmzoo.layers.probe.Probe` (calibration, e.g. GPTQ) as its float weight, reporting the
+``X^T X`` of its inputs (:func:`llmzoo.layers.probe.probe_einsum`).
 
 A weight's dims split into *input* dims (contracted with ``x``) and *output* dims, in that order:
 ``wq [D, N, H]`` has input ``D``; the attention output ``wo [N, H, D]`` has inputs ``N, H``. The
@@ -20,6 +23,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from llmzoo.layers.probe import Probe, merge_probe_inputs, probe_einsum
+from llmzoo.layers.quant import QuantArray, merge_quant_inputs, quant_einsum
 from llmzoo.layers.residual import dropout
 
 
@@ -79,11 +84,16 @@ def einsum(spec: str, x: jax.Array, w) -> jax.Array:
         spec: e.g. ``'btd,dnh->btnh'``; the weight's letters list its input dims, then its
             output dims.
         x: the activations.
-        w: a plain array, or a :class:`LoraWeight` (unstacked: inside the layer scan).
+        w: a plain array, a :class:`LoraWeight` or a :class:`~llmzoo.layers.quant.QuantArray`
+            (unstacked: inside the layer scan).
 
     Returns:
         The einsum's output, in ``x.dtype``.
     """
+    if isinstance(w, QuantArray):
+        return quant_einsum(spec, x, w)
+    if isinstance(w, Probe):  # calibration: reports its inputs (llmzoo.layers.probe)
+        return probe_einsum(spec, x, w)
     if not isinstance(w, LoraWeight):
         return jnp.einsum(spec, x, w.astype(x.dtype))
     x_spec, rest = spec.split(",")
@@ -109,8 +119,13 @@ def merge_inputs(w, n: int):
     """``w [I1..In, O...]`` with its first ``n`` (input) dims as one: ``[I1 * .. * In, O...]``.
 
     For a :class:`LoraWeight`, ``w`` and ``a`` are reshaped alike (``b`` is unchanged); the
-    attention output projection uses this to run as one 2-D matmul.
+    attention output projection uses this to run as one 2-D matmul. A
+    :class:`~llmzoo.layers.quant.QuantArray` keeps its scales.
     """
+    if isinstance(w, QuantArray):
+        return merge_quant_inputs(w, n)
+    if isinstance(w, Probe):
+        return merge_probe_inputs(w, n)
     if not isinstance(w, LoraWeight):
         return w.reshape(math.prod(w.shape[:n]), *w.shape[n:])
     fan_in = math.prod(w.w.shape[:n])

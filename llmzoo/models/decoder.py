@@ -289,11 +289,13 @@ def init_cache(params: dict, batch: dict, *, cfg: DecoderConfig, max_len: int, d
         batch: the prompt batch; only the batch size B of ``tokens [B, P]`` is read.
         cfg: the model config.
         max_len: S, the most tokens (prompt + generated) a row will hold.
-        dtype: cache dtype (default ``cfg.compute_dtype``; ``bfloat16`` halves its memory traffic).
+        dtype: cache dtype (default ``cfg.compute_dtype``; ``bfloat16`` halves its memory traffic);
+            ignored when ``cfg.kv_cache_dtype`` is ``int8``.
 
     Returns:
         ``{'k', 'v': L-tuples of [B, K, S, H], 'pos': [B, S] int32 (-1 = empty), 'index': int32
-        scalar}`` (see :mod:`llmzoo.models.decoder_cache`).
+        scalar}`` (see :mod:`llmzoo.models.decoder_cache`); with ``kv_cache_dtype="int8"`` the
+        keys and values are :class:`llmzoo.layers.kv_cache.Int8Slots`.
 
     Raises:
         DataError: learned positions and S > ``cfg.max_seq_len``.
@@ -301,6 +303,8 @@ def init_cache(params: dict, batch: dict, *, cfg: DecoderConfig, max_len: int, d
     del params
     _check_length(max_len, cfg, "a KV cache", "limit prompt + max_new_tokens")
     b = batch["tokens"].shape[0]
+    if cfg.kv_cache_dtype == "int8":
+        dtype = jnp.int8
     return empty_cache(cfg, b, max_len, jnp.dtype(dtype or cfg.compute_dtype))
 
 

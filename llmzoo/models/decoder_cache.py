@@ -7,9 +7,16 @@ cache is its own buffer, written in place where the caller donates it or carries
 it on every decoded token. Heads lead the slots so that a block of keys feeds the attention
 products without a transposed copy. Attention reads only the filled slots
 (:func:`llmzoo.layers.kv_cache.prefix_attention`), so a step costs the current length.
+
+With ``kv_cache_dtype="int8"`` each layer's keys and values are
+:class:`llmzoo.layers.kv_cache.Int8Slots` (int8 ``[B, K, S, H]`` plus float32 scales
+``[B, K, S]``): ``H + 4`` bytes per token and KV head where float32 takes ``4 H`` and bfloat16
+``2 H``.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -20,18 +27,24 @@ from llmzoo.layers.kv_cache import CachePlan
 
 
 def empty_cache(cfg, batch_size: int, max_len: int, dtype) -> dict:
-    """``{'k', 'v': L-tuples of [B, K, S, H], 'pos': [B, S] int32 (-1 = empty), 'index': 0}``."""
+    """``{'k', 'v': L-tuples of [B, K, S, H], 'pos': [B, S] int32 (-1 = empty), 'index': 0}``;
+    ``dtype`` int8 makes each layer's keys and values :class:`~llmzoo.layers.kv_cache.Int8Slots`."""
     shape = (batch_size, cfg.kv_heads, max_len, cfg.dim_per_head)
+    if jnp.dtype(dtype) == jnp.int8:
+        empty = functools.partial(kv_cache.empty_int8, shape)
+    else:
+        empty = functools.partial(jnp.zeros, shape, dtype)
     return {
-        "k": tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)),
-        "v": tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)),
+        "k": tuple(empty() for _ in range(cfg.n_layers)),
+        "v": tuple(empty() for _ in range(cfg.n_layers)),
         "pos": jnp.full((batch_size, max_len), -1, jnp.int32),
         "index": jnp.zeros((), jnp.int32),
     }
 
 
 def select_rows(cache: dict, index: jax.Array) -> dict:
-    """The cache's rows ``index [B']`` (every array but the shared write index)."""
+    """The cache's rows ``index [B']`` (every array but the shared write index; int8 slots'
+    values and scales alike)."""
     rows = jax.tree.map(lambda x: x[index], {k: cache[k] for k in ("k", "v", "pos")})
     return rows | {"index": cache["index"]}
 

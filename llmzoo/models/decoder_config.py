@@ -12,6 +12,7 @@ from llmzoo.errors import ConfigError
 from llmzoo.layers import blockwise
 
 HEADS = ("lm", "sequence_classification", "token_classification")
+KV_CACHE_DTYPES = ("auto", "int8")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,6 +59,10 @@ class DecoderConfig(ModelConfig):
         num_labels: C, classes of the classification heads.
         value_head: also predict a scalar value per token (``value_head/{w [D, 1], b [1]}``,
             PPO's critic, as TRL's ``ValueHead``).
+        kv_cache_dtype: what the KV cache of generation stores: ``auto`` (the compute dtype) or
+            ``int8`` (symmetric round to nearest with a float32 scale per token and KV head,
+            dequantized block by block as attention reads it; see
+            :mod:`llmzoo.layers.kv_cache`).
     """
 
     FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "gpt_neox", "bloom")
@@ -93,6 +98,7 @@ class DecoderConfig(ModelConfig):
     head: str = "lm"
     num_labels: int = 2
     value_head: bool = False
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self):
         super().__post_init__()
@@ -117,6 +123,10 @@ class DecoderConfig(ModelConfig):
         blockwise.check_attention_impl(self.attention_impl)
         if self.head not in HEADS:
             raise ConfigError(f"model.head={self.head!r} is unknown; use {', '.join(HEADS)}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ConfigError(
+                f"model.kv_cache_dtype={self.kv_cache_dtype!r} is unknown; use auto or int8"
+            )
 
     @property
     def position_limit(self) -> int | None:

@@ -173,7 +173,7 @@ def make_examples(cfg: TrainConfig, tokenizer):
         ConfigError: the model's vocabulary has no room for the mask token or sentinels.
     """
     o, m, t = cfg.objective, cfg.model, cfg.seq_len
-    if o.name == "causal_lm":
+    if o.name in ("causal_lm", "distill"):  # a distilled student learns the next tokens too
         return CausalLmExamples(t)
     if o.name == "mlm":
         mask_kwargs = dict(

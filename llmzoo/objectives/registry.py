@@ -14,7 +14,7 @@ from llmzoo.config import TrainConfig
 from llmzoo.errors import ConfigError
 from llmzoo.layers import lora
 from llmzoo.models import registry as models
-from llmzoo.objectives import classify, preference
+from llmzoo.objectives import classify, distill, preference
 from llmzoo.objectives.examples import make_examples
 from llmzoo.objectives.losses import (
     sequence_classification_loss,
@@ -39,7 +39,10 @@ class Objective:
         fit: ``fit(cfg) -> cfg`` fits the model config to the task (its head, its number of
             labels from the data) before the run starts; None leaves it.
         split: ``split(cfg, params) -> (trainable, frozen)``: what is trained and what the loss
-            only reads (a DPO reference); None trains all params.
+            only reads (a DPO reference); None trains all params. An objective that learns from
+            a teacher run (``distill``) gets ``teacher=(its model config, its params)`` too.
+        eval_objective: the objective ``llmzoo eval`` scores this one's runs with (``distill``:
+            ``causal_lm``, the student's own next-token loss, without its teacher); None: itself.
     """
 
     loss: Callable
@@ -48,6 +51,7 @@ class Objective:
     examples: Callable | None = None
     fit: Callable | None = None
     split: Callable | None = None
+    eval_objective: str | None = None
 
 
 OBJECTIVES: dict[str, Objective] = {
@@ -69,6 +73,13 @@ OBJECTIVES: dict[str, Objective] = {
         examples=preference.PreferenceExamples,
         fit=preference.fit_dpo,
         split=preference.split_reference,
+    ),
+    "distill": Objective(
+        distill.distill_loss,
+        distill.KINDS,
+        distill.METRICS,
+        split=distill.split_teacher,
+        eval_objective="causal_lm",
     ),
     "sft": Objective(token_loss, ("decoder", "rnn", "mamba", "rwkv"), examples=sft_examples),
     "sequence_classification": Objective(
@@ -122,12 +133,15 @@ def fit_task(cfg: TrainConfig) -> TrainConfig:
     return cfg if fit is None else fit(cfg)
 
 
-def training_form(cfg: TrainConfig, objective: Objective, params) -> tuple:
+def training_form(cfg: TrainConfig, objective: Objective, params, teacher=None) -> tuple:
     """What a run trains: ``(trainable, frozen, loss)`` from the model's full ``params``.
 
     ``trainable`` gets gradients and optimizer state, ``frozen`` (None, or a pytree) is handed
-    to ``loss`` as ``frozen=`` and never changes; checkpoints hold ``trainable``.
+    to ``loss`` as ``frozen=`` and never changes; checkpoints hold ``trainable``. ``teacher``:
+    ``(model config, params)`` of ``cfg.teacher``, loaded by the caller, for ``distill``.
     """
+    if teacher is not None:  # the student trains all its params (no lora: see check_teacher)
+        return *objective.split(cfg, params, teacher=teacher), objective.loss
     if cfg.lora is not None:  # adapters train over the frozen base (also DPO's reference)
         specs = models.get(cfg.model.kind).param_specs(cfg.model)
         split = objective.split

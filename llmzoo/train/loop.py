@@ -37,6 +37,7 @@ from llmzoo.train.setup import (
     layout,
     prepare_tokenizer,
     resolve_init_from,
+    resolve_teacher,
     write_run_files,
 )
 from llmzoo.train.step import TrainState, make_steps
@@ -133,7 +134,8 @@ def _sample(cfg: TrainConfig, params, tokenizer) -> str | None:
     """A sampled continuation of ``cfg.sample_prompt`` from a causal LM, else None."""
     from llmzoo.generate import generate_text
 
-    if cfg.objective.name != "causal_lm" or not registry.can_generate(cfg.model.kind):
+    lm = cfg.objective.name in ("causal_lm", "distill")  # a distilled student is a causal LM
+    if not lm or not registry.can_generate(cfg.model.kind):
         return None
     params = distributed.host_params(params)  # a collective when params span processes
     if not distributed.is_primary():
@@ -207,7 +209,7 @@ def train(
     """
     primary = distributed.is_primary()
     log = log if primary else lambda *a, **k: None
-    cfg = objectives.fit_task(resolve_init_from(cfg))
+    cfg = objectives.fit_task(resolve_teacher(resolve_init_from(cfg)))
     objective = objectives.for_config(cfg)
     check_resume_config(cfg.run_dir, cfg)
     mesh, rules, p_shard = layout(cfg)  # before any work

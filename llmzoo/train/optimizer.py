@@ -1,8 +1,13 @@
-"""Optax AdamW with linear warmup + cosine decay, global-norm clipping, masked weight decay."""
+"""Optax AdamW with linear warmup + cosine decay, global-norm clipping, masked weight decay;
+fixed sparsity masks (:func:`keep_zeros`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import jax
+import jax.numpy as jnp
 import optax
 
 from llmzoo.config import OptimConfig
@@ -53,3 +58,39 @@ def make_optimizer(
             mask=decay_mask(specs) if mask is None else mask,
         ),
     )
+
+
+class KeepZerosState(NamedTuple):
+    """The fixed masks of :func:`keep_zeros`: per param a bool array (True: trained), or an
+    ``optax.MaskedNode`` for a param it leaves alone."""
+
+    keep: Any
+
+
+def keep_zeros(masks_of: Callable[[Any], Any]) -> optax.GradientTransformation:
+    """Fixed sparsity masks: chained last, it zeroes the updates of the weights its masks drop,
+    so pruned weights stay exactly zero (weight decay included).
+
+    Args:
+        masks_of: params -> a matching tree of bool arrays (True: kept) or None (not masked),
+            e.g. :func:`llmzoo.compress.prune.masks`; called once, by ``init``. The masks live in
+            the optimizer state, so a checkpoint keeps them and a resumed run restores them.
+    """
+
+    def init(params):
+        keep = jax.tree.map(
+            lambda k: optax.MaskedNode() if k is None else k,
+            masks_of(params),
+            is_leaf=lambda x: x is None,
+        )
+        return KeepZerosState(keep)
+
+    def update(updates, state, params=None):
+        del params
+
+        def apply(u, k):
+            return u if isinstance(k, optax.MaskedNode) else jnp.where(k, u, jnp.zeros_like(u))
+
+        return jax.tree.map(apply, updates, state.keep), state
+
+    return optax.GradientTransformation(init, update)

@@ -49,7 +49,7 @@ from llmzoo.train.loop import check_resume_config
 from llmzoo.train.metrics import MetricsWriter, read_metrics
 from llmzoo.train.optimizer import lr_schedule, make_optimizer
 from llmzoo.train.rollout import Sampler, function_scorer, load_prompts, make_scorer
-from llmzoo.train.setup import initial_params, resolve_init_from
+from llmzoo.train.setup import initial_params, resolve_init_from, resolve_teacher
 from llmzoo.train.step import TrainState, make_steps
 
 
@@ -69,7 +69,7 @@ def check_rl_config(cfg: TrainConfig) -> TrainConfig:
             f"objective.name={o.name!r} fine-tunes a pretrained policy; set init_from=RUN (a "
             "decoder language-model run)"
         )
-    cfg = resolve_init_from(cfg)
+    cfg = resolve_teacher(resolve_init_from(cfg))  # a teacher here is a one-line error
     if cfg.model.kind != "decoder" or cfg.model.head != "lm":
         raise ConfigError(
             f"objective.name={o.name!r} trains a decoder language model, not init_from="

@@ -4,30 +4,35 @@ layout and the initial (sharded) train state, and the checks that run before any
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import os
 import time
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from llmzoo import compress, sharding
 from llmzoo import run_dir as ckpt
-from llmzoo import sharding
+from llmzoo.compress import prune
 from llmzoo.config import TrainConfig
 from llmzoo.errors import ConfigError
 from llmzoo.hf.tokenizer import load_tokenizer
 from llmzoo.models import registry
 from llmzoo.objectives import registry as objectives
+from llmzoo.objectives.distill import check_teacher
 from llmzoo.params import fit_params, fresh_init_key, init_params, is_spec
 from llmzoo.train import distributed
-from llmzoo.train.optimizer import make_optimizer
+from llmzoo.train.optimizer import keep_zeros, make_optimizer
 from llmzoo.train.step import TrainState
 
 
 def resolve_init_from(cfg: TrainConfig) -> TrainConfig:
-    """With ``init_from``, take the model config (and tokenizer) of that run."""
+    """With ``init_from``, take the model config (and tokenizer) of that run, and its ``prune``
+    unless ``cfg`` sets one (:func:`check_prune` raises where masks cannot be kept)."""
     if not cfg.init_from:
-        return cfg
+        return check_prune(cfg)
     src = ckpt.read_config(cfg.init_from)
     tok = ckpt.tokenizer_path(cfg.init_from)
     data = (
@@ -35,7 +40,78 @@ def resolve_init_from(cfg: TrainConfig) -> TrainConfig:
         if tok is None
         else dataclasses.replace(cfg.data, tokenizer=tok, train_tokenizer=False)
     )
-    return dataclasses.replace(cfg, model=src.model, data=data)
+    # a run trained from a pruned run keeps its zeros (prune.sparsity=0: it trains them too)
+    inherit = cfg.prune is None and cfg.lora is None and cfg.objective.name not in UNPRUNABLE
+    pcfg = src.prune if inherit else cfg.prune
+    return check_prune(dataclasses.replace(cfg, model=src.model, data=data, prune=pcfg))
+
+
+# Objectives whose training does not go through :func:`initial_state` (no fixed masks).
+UNPRUNABLE = ("ppo", "grpo")
+
+
+def check_prune(cfg: TrainConfig) -> TrainConfig:
+    """``cfg``, unless it prunes where fixed masks do not hold: they do in full-parameter
+    training by ``llmzoo train``, not for LoRA adapters or PPO/GRPO (a one-line ConfigError)."""
+    if cfg.prune is None:
+        return cfg
+    if cfg.lora is not None or cfg.objective.name in UNPRUNABLE:
+        what = "lora" if cfg.lora is not None else f"objective.name={cfg.objective.name!r}"
+        raise ConfigError(
+            f"prune keeps pruned weights at zero in full-parameter training, not with {what}; "
+            "drop prune (or train without it, then run `llmzoo prune`)"
+        )
+    return cfg
+
+
+def resolve_teacher(cfg: TrainConfig) -> TrainConfig:
+    """With ``teacher`` (objective ``distill``), take that run's tokenizer, once checked: one-line
+    ConfigErrors for a distill run without a teacher (or a teacher without distill), a teacher
+    directory that does not exist, and a teacher the student cannot learn from."""
+    distill = cfg.objective.name == "distill"
+    if not cfg.teacher:
+        if distill:
+            raise ConfigError(
+                "objective.name='distill' learns from a teacher run; set teacher=RUN (a trained "
+                "causal LM run, e.g. teacher=runs/tiny)"
+            )
+        return cfg
+    if not distill:
+        raise ConfigError(
+            f"teacher={cfg.teacher!r} is read by objective.name=distill only, not "
+            f"{cfg.objective.name!r}; set objective.name=distill or drop teacher"
+        )
+    if not os.path.isdir(cfg.teacher):
+        raise ConfigError(
+            f"teacher={cfg.teacher!r} does not exist; point it at a trained run directory "
+            "(e.g. runs/tiny)"
+        )
+    check_teacher(cfg, ckpt.read_config(cfg.teacher).model)
+    tok = ckpt.tokenizer_path(cfg.teacher)
+    if tok is None:
+        return cfg
+    own = ckpt.tokenizer_path(cfg.init_from) if cfg.init_from else None
+    if own is not None and not filecmp.cmp(own, tok, shallow=False):
+        raise ConfigError(
+            f"init_from={cfg.init_from!r} and teacher={cfg.teacher!r} have different tokenizers; "
+            "distill into a student of the teacher's tokenizer (drop init_from or change it)"
+        )
+    return dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, tokenizer=tok, train_tokenizer=False)
+    )
+
+
+def load_teacher(cfg: TrainConfig, mesh=None) -> tuple | None:
+    """``(model config, params)`` of the run ``cfg.teacher`` (None without one), its params
+    laid out over ``mesh`` by the run's sharding rules (default: one device)."""
+    if not cfg.teacher:
+        return None
+    model = ckpt.read_config(cfg.teacher).model
+    specs = registry.get(model.kind).param_specs(model)
+    rules = sharding.resolve_rules(cfg.sharding_rules)
+    shardings = None if mesh is None else sharding.param_shardings(specs, mesh, rules)
+    _, params, _ = ckpt.load_params(cfg.teacher, shardings=shardings)
+    return model, params
 
 
 def prepare_tokenizer(cfg: TrainConfig, log=print):
@@ -102,12 +178,24 @@ def _init_from(cfg: TrainConfig, specs, p_shard, key, log):
     if shape(src_specs) == shape(specs):
         _, params, _ = ckpt.load_params(cfg.init_from, shardings=p_shard)
         log(f"initialised params from {cfg.init_from}")
-        return params
+        return _dequantized(cfg.init_from, src_cfg, params, p_shard, log)
     _, src, _ = ckpt.load_params(cfg.init_from)
+    src = _dequantized(cfg.init_from, src_cfg, src, None, log)
     params, new, dropped = fit_params(specs, src, key, p_shard)
     log(f"initialised params from {cfg.init_from}; new: {', '.join(new) or 'none'}; "
         f"dropped: {', '.join(dropped) or 'none'}")  # fmt: skip
     return params
+
+
+def _dequantized(run: str, src_cfg: TrainConfig, params, p_shard, log):
+    """A quantized ``init_from`` run (``llmzoo quantize``) trains from its dequantized weights
+    (``scale * q`` in float, placed by ``p_shard`` if given): the updates are float, so the
+    result is a plain run, which ``llmzoo quantize`` can quantize again."""
+    if src_cfg.quant is None:
+        return params
+    log(f"dequantized the {src_cfg.quant.method} weights of {run} to train them in float")
+    params = compress.dequantize_params(params)
+    return params if p_shard is None else jax.device_put(params, p_shard)
 
 
 def initial_params(cfg: TrainConfig, p_shard=None, log=lambda *a, **k: None):
@@ -127,18 +215,28 @@ def initial_state(cfg: TrainConfig, objective, mesh, p_shard, log):
     """A fresh (or ``init_from``) TrainState laid out by ``p_shard``, its optimizer and loss.
 
     The objective chooses what is trained and what stays frozen
-    (:func:`llmzoo.objectives.registry.training_form`). The optimizer state's moments are
+    (:func:`llmzoo.objectives.registry.training_form`; a ``teacher`` is loaded here, each time
+    a run starts or resumes, and never checkpointed). The optimizer state's moments are
     created by ``zeros_like`` of the trained params, in their shardings; its scalars are
     replicated.
     """
     specs = registry.get(cfg.model.kind).param_specs(cfg.model)
     params = initial_params(cfg, p_shard, log)
-    trainable, frozen, loss = objectives.training_form(cfg, objective, params)
+    if cfg.prune is not None:
+        params = prune.prune_params(params, specs, cfg.prune)  # idempotent on a pruned run
+        log(f"pruned ({prune.describe(cfg.prune)}): {prune.sparsity(params, specs, cfg.prune):.2%}"
+            " of the target weights are zero and stay zero")  # fmt: skip
+    teacher = load_teacher(cfg, mesh)
+    if teacher is not None:
+        log(f"distilling from the teacher {cfg.teacher}")
+    trainable, frozen, loss = objectives.training_form(cfg, objective, params, teacher)
     if trainable is params:
         tx = make_optimizer(cfg.optim, cfg.steps, specs)
     else:
         mask = jax.tree.map(lambda x: x.ndim >= 2, trainable)
         tx = make_optimizer(cfg.optim, cfg.steps, mask=mask)
+    if cfg.prune is not None:  # the masks: those of the pruned trainable params
+        tx = optax.chain(tx, keep_zeros(lambda p: prune.masks(p, specs, cfg.prune)))
     state = TrainState(
         step=jnp.zeros((), jnp.int32), params=trainable, opt_state=tx.init(trainable), frozen=frozen
     )
