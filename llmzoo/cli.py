@@ -1,4 +1,5 @@
-"""The ``llmzoo`` command line: train, eval, generate, embed, embeddings, tokenizer, data, convert.
+"""The ``llmzoo`` command line: train, eval, generate, embed, embeddings, tokenizer, data, convert;
+lora, quantize and prune (:mod:`llmzoo.cli_runs`).
 
 Any :class:`~llmzoo.errors.LlmzooError` is printed as one ``error: ...`` line with exit status 2.
 """
@@ -11,6 +12,7 @@ import os
 import sys
 import warnings
 
+from llmzoo.cli_runs import add_run_tool_parsers
 from llmzoo.cli_study import add_compare_parser, add_embeddings_parser, data_arguments, data_config
 from llmzoo.errors import DataError, LlmzooError
 
@@ -246,45 +248,6 @@ def _cmd_convert(args) -> int:
     return 0
 
 
-def _cmd_lora(args) -> int:
-    from llmzoo import lora_run
-
-    if args.lora_command == "merge":
-        lora_run.merge_run(args.run, args.out, force=args.force)
-    else:
-        lora_run.export_peft(args.run, args.out, args.base_model)
-    print(f"wrote {args.out} from {args.run} ({args.lora_command})")
-    return 0
-
-
-def _cmd_quantize(args) -> int:
-    from llmzoo import compress_run
-
-    compress_run.quantize_run(
-        args.run, args.out, method=args.method, group_size=args.group_size, force=args.force,
-        kv_cache_dtype=args.kv_cache, calibration=args.calibrate,
-        calibration_batches=args.calibration_batches,
-    )  # fmt: skip
-    size = compress_run.quant_bytes(args.out)
-    (t0, t1), (p0, p1) = size["targets"], size["params"]
-    print(f"wrote {args.out} ({args.method}): quantized matrices {t0:,} -> {t1:,} bytes "
-          f"({t1 / t0:.3f}x), all params {p0:,} -> {p1:,} bytes ({p1 / p0:.3f}x)")  # fmt: skip
-    return 0
-
-
-def _cmd_prune(args) -> int:
-    from llmzoo import compress_run
-
-    if (args.sparsity is None) == (args.nm is None):
-        raise LlmzooError("give one of --sparsity S (e.g. 0.5) and --nm N:M (e.g. 2:4)")
-    compress_run.prune_run(args.run, args.out, sparsity=args.sparsity, nm=args.nm,
-                           scope=args.scope, force=args.force)  # fmt: skip
-    what = f"{args.nm} structured" if args.nm else f"{args.sparsity:g} {args.scope}"
-    print(f"wrote {args.out} ({what}): {compress_run.measured_sparsity(args.out):.4f} of the "
-          "pruned matrices' weights are zero")  # fmt: skip
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(
@@ -404,35 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace a non-empty --out run directory")
     c.set_defaults(fn=_cmd_convert)
 
-    lo = sub.add_parser("lora", help="LoRA runs: merge the adapters, or export them for PEFT")
-    los = lo.add_subparsers(dest="lora_command", metavar="ACTION", required=True)
-    for action, what in (("merge", "a plain run directory"), ("export", "a PEFT adapter dir")):
-        a = los.add_parser(action, help=f"write a LoRA run's adapters as {what}")
-        a.add_argument("--run", required=True, help="a LoRA run directory")
-        a.add_argument("--out", required=True, help=f"{what} to write")
-        a.add_argument("--force", action="store_true", help="replace a non-empty --out run")
-        a.add_argument("--base-model", default="", help="export: the base's Hugging Face path")
-        a.set_defaults(fn=_cmd_lora)
-
-    qu = sub.add_parser("quantize", help="write a run with weight-only int8 / int4 matrices")
-    qu.add_argument("--run", required=True, help="a trained or converted run directory")
-    qu.add_argument("--method", required=True, help="int8 (per channel) or int4 (per group)")
-    qu.add_argument("--group-size", type=int, default=32, help="int4: rows per scale (32)")
-    qu.add_argument("--out", required=True, help="the quantized run directory to write")
-    qu.add_argument("--force", action="store_true", help="replace a non-empty --out run")
-    qu.add_argument("--kv-cache", help="also store generation's KV cache as int8 (or auto)")
-    qu.add_argument("--calibrate", default="none", help="none (round to nearest) or gptq")
-    qu.add_argument("--calibration-batches", type=int, default=8, help="gptq: train batches (8)")
-    qu.set_defaults(fn=_cmd_quantize)
-
-    pr = sub.add_parser("prune", help="write a run with magnitude-pruned (or N:M) matrices")
-    pr.add_argument("--run", required=True, help="a trained or converted run directory")
-    pr.add_argument("--sparsity", type=float, help="the fraction of weights set to zero")
-    pr.add_argument("--scope", default="global", help="global (default) or layer thresholds")
-    pr.add_argument("--nm", metavar="N:M", help="structured: keep N of every M inputs (2:4)")
-    pr.add_argument("--out", required=True, help="the pruned run directory to write")
-    pr.add_argument("--force", action="store_true", help="replace a non-empty --out run")
-    pr.set_defaults(fn=_cmd_prune)
+    add_run_tool_parsers(sub)
     return p
 
 

@@ -1,4 +1,5 @@
-"""Typed configs: frozen dataclasses with validated fields, and the one table of their rules.
+"""Typed configs: frozen dataclasses with validated fields (their rules: :mod:`llmzoo.config_rules`;
+the LoRA, quantization and pruning sections: :mod:`llmzoo.config_tune`).
 
 Dataclass presets are the source of truth. ``configs/*.yaml`` files and ``key=value`` CLI
 arguments override them through :func:`llmzoo.config_io.apply_overrides`, which rejects unknown
@@ -16,7 +17,30 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
+from llmzoo.config_rules import RULES, STRATEGIES, Range, check_range, check_rules
+from llmzoo.config_tune import BLOCK_MATRICES, LoraConfig, PruneConfig, QuantConfig
 from llmzoo.errors import ConfigError
+
+__all__ = [
+    "BLOCK_MATRICES",
+    "DTYPES",
+    "OBJECTIVES",
+    "REMAT_POLICIES",
+    "RULES",
+    "STRATEGIES",
+    "DataConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "ObjectiveConfig",
+    "OptimConfig",
+    "PruneConfig",
+    "QuantConfig",
+    "Range",
+    "RopeScaling",
+    "TrainConfig",
+    "check_range",
+    "check_rules",
+]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -139,120 +163,6 @@ class ModelConfig:
             return jnp.dtype(self.dtype)
         accelerated = jax.default_backend() in ("gpu", "tpu")
         return jnp.dtype(jnp.bfloat16 if accelerated else jnp.float32)
-
-
-def check_range(
-    name: str, value, *, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False
-) -> None:
-    """Raises a ConfigError naming ``name`` when ``value`` is outside ``[lo, hi]``.
-
-    ``lo_open``/``hi_open`` exclude the bound itself.
-    """
-    low_bad = lo is not None and (value <= lo if lo_open else value < lo)
-    high_bad = hi is not None and (value >= hi if hi_open else value > hi)
-    if low_bad or high_bad:
-        left = "" if lo is None else ("(" if lo_open else "[") + f"{lo}"
-        right = "" if hi is None else f"{hi}" + (")" if hi_open else "]")
-        want = f"in {left or '(-inf'}, {right or 'inf)'}"
-        raise ConfigError(f"{name}={value!r} is out of range; use a value {want}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """Allowed values of a numeric field: ``[lo, hi]``, either bound open or absent."""
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-
-
-# The named sharding strategies (their meshes are in llmzoo.sharding, which checks they agree).
-STRATEGIES = ("dp", "fsdp", "tp", "fsdp+tp")
-
-_OPEN_UNIT = Range(0.0, 1.0, lo_open=True, hi_open=True)
-_POSITIVE = Range(0.0, lo_open=True)
-
-# The rules of the training configs, in one place: dotted key -> allowed range or choices.
-# Cross-field rules (warmup <= steps, batch divisible by grad_accum ...) are in
-# TrainConfig.__post_init__; each model kind's config checks its own fields.
-RULES: dict[str, Range | tuple[str, ...]] = {
-    "data.vocab_size": Range(lo=16),
-    "data.tokenizer_type": ("bpe", "unigram"),
-    "data.txt_documents": ("file", "paragraph"),
-    "data.eval_fraction": _OPEN_UNIT,
-    "data.shards": Range(lo=0),
-    "optim.lr": _POSITIVE,
-    "optim.min_lr_ratio": Range(0.0, 1.0),
-    "optim.warmup_steps": Range(lo=0),
-    "optim.b1": Range(0.0, 1.0, hi_open=True),
-    "optim.b2": Range(0.0, 1.0, hi_open=True),
-    "optim.eps": _POSITIVE,
-    "optim.weight_decay": Range(lo=0.0),
-    "optim.clip_norm": _POSITIVE,
-    "objective.mask_prob": _OPEN_UNIT,
-    "objective.noise_density": _OPEN_UNIT,
-    "objective.mask_ratio": _OPEN_UNIT,
-    "objective.mean_span_length": Range(lo=1.0),
-    "objective.poisson_lambda": _POSITIVE,
-    "objective.beta": _POSITIVE,
-    "objective.preference_loss": ("sigmoid", "ipo", "simpo"),
-    "objective.simpo_gamma": Range(lo=0.0),
-    "objective.kl_coef": Range(lo=0.0),
-    "objective.kl_target": _POSITIVE,
-    "objective.clip_eps": _OPEN_UNIT,
-    "objective.vf_coef": Range(lo=0.0),
-    "objective.gamma": Range(0.0, 1.0),
-    "objective.lam": Range(0.0, 1.0),
-    "objective.group_size": Range(lo=2),
-    "objective.temperature": _POSITIVE,
-    **{
-        f"objective.{key}": Range(lo=1)
-        for key in ("kl_horizon", "ppo_epochs", "minibatches", "rollout_tokens")
-    },
-    **{
-        key: Range(lo=1)
-        for key in ("steps", "batch_size", "grad_accum", "seq_len", "eval_every", "eval_batches")
-    },
-    **{
-        key: Range(lo=1) for key in ("ckpt_every", "keep_checkpoints", "log_every", "sample_tokens")
-    },
-    **{key: Range(lo=-1) for key in ("mesh_data", "mesh_fsdp", "mesh_tensor")},
-    "strategy": STRATEGIES,
-    "seed": Range(lo=0),
-    "on_nan": ("stop", "skip_step"),
-    "lora.rank": Range(lo=1),
-    "lora.alpha": _POSITIVE,
-    "lora.dropout": Range(0.0, 1.0, hi_open=True),
-    "quant.method": ("int8", "int4"),
-    "quant.group_size": Range(lo=1),
-    "quant.calibration": ("none", "gptq"),
-    "quant.calibration_batches": Range(lo=1),
-    "prune.sparsity": Range(0.0, 1.0, hi_open=True),
-    "prune.scope": ("global", "layer"),
-    "objective.kd_temperature": _POSITIVE,
-    "objective.kd_weight": Range(0.0, 1.0),
-    "objective.hidden_weight": Range(lo=0.0),
-}
-
-
-def check_rules(cfg, prefix: str = "") -> None:
-    """Checks every field of ``cfg`` named in :data:`RULES` (under ``prefix``).
-
-    Raises:
-        ConfigError: naming the first key whose value breaks its rule, and the allowed values.
-    """
-    for field in dataclasses.fields(cfg):
-        name = f"{prefix}{field.name}"
-        rule, value = RULES.get(name), getattr(cfg, field.name)
-        if value is None:  # an optional field left unset
-            continue
-        if isinstance(rule, Range):
-            check_range(
-                name, value, lo=rule.lo, hi=rule.hi, lo_open=rule.lo_open, hi_open=rule.hi_open
-            )
-        elif rule is not None and value not in rule:
-            raise ConfigError(f"{name}={value!r} is unknown; use one of {', '.join(rule)}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -443,122 +353,6 @@ class ObjectiveConfig:
                 f"objective.name={self.name!r} is unknown; use one of {', '.join(OBJECTIVES)}"
             )
         check_rules(self, "objective.")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class LoraConfig:
-    """Low-rank adapters (LoRA, Hu et al. 2021): train ``A [in, R]`` and ``B [R, out]`` beside
-    frozen weight matrices, whose outputs gain ``alpha / R * x A B`` (:mod:`llmzoo.layers.lora`).
-
-    Attributes:
-        targets: regular expressions over param paths (``layers/attn/w[qkv]``, ``mlp/w_.*``)
-            choosing the matrices that get adapters; a pattern matches a path, or a trailing
-            part of it that starts after a ``/`` (``attn/wq`` matches ``decoder/layers/attn/wq``).
-        rank: R.
-        alpha: the update's scale is ``alpha / rank``.
-        dropout: dropout rate on the adapters' input in training.
-        trainable: patterns (as ``targets``) of params trained in full, such as a new task head
-            (PEFT's ``modules_to_save``); patterns that match nothing are ignored.
-    """
-
-    targets: tuple[str, ...] = ("attn/w[qv]",)
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    trainable: tuple[str, ...] = ("score/.*", "classifier/.*", "value_head/.*")
-
-    def __post_init__(self):
-        check_rules(self, "lora.")
-        if not self.targets:
-            raise ConfigError("lora.targets is empty; name the matrices to adapt, e.g. [attn/wq]")
-        for pattern in (*self.targets, *self.trainable):
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ConfigError(
-                    f"lora pattern {pattern!r} is not a regular expression ({e}); fix it"
-                ) from None
-
-
-def _check_patterns(patterns: tuple[str, ...], key: str) -> None:
-    if not patterns:
-        raise ConfigError(f"{key} is empty; name the matrices, e.g. [attn/wq]")
-    for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise ConfigError(
-                f"{key} pattern {pattern!r} is not a regular expression ({e}); fix it"
-            ) from None
-
-
-# The weight matrices that compression touches by default: every matmul weight of the blocks
-# (the layers' linear.einsum weights); embeddings, norms, biases and heads stay as they are.
-BLOCK_MATRICES = ("attn/w[qkvo]", "mlp/w_(up|gate|down)")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class QuantConfig:
-    """Weight-only quantization of a run's matrices (:mod:`llmzoo.layers.quant`), as
-    ``llmzoo quantize`` writes it: the run's params hold quantized leaves for ``targets``.
-
-    Attributes:
-        method: ``int8`` (per output channel) or ``int4`` (per group of ``group_size`` input
-            rows), round to nearest, symmetric.
-        group_size: int4: input rows sharing one scale (a matrix whose input size it does not
-            divide uses one group per channel).
-        targets: patterns over param paths (as :class:`LoraConfig`'s) of the quantized matrices.
-        calibration: ``none`` (round to nearest) or ``gptq`` (:mod:`llmzoo.compress.gptq`:
-            calibrated on the run's training split; decoders only). The stored leaves are alike.
-        calibration_batches: GPTQ: the training batches it calibrates on.
-    """
-
-    method: str = "int8"
-    group_size: int = 32
-    targets: tuple[str, ...] = BLOCK_MATRICES
-    calibration: str = "none"
-    calibration_batches: int = 8
-
-    def __post_init__(self):
-        check_rules(self, "quant.")
-        _check_patterns(self.targets, "quant.targets")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class PruneConfig:
-    """Pruning of a run's matrices (:mod:`llmzoo.compress.prune`), as ``llmzoo prune`` writes
-    it; a run that trains from a pruned run keeps its zeros (fixed masks).
-
-    Attributes:
-        sparsity: the fraction of the ``targets``' weights set to zero, by magnitude.
-        scope: ``global`` (one threshold over all targets) or ``layer`` (each matrix of each
-            layer on its own).
-        nm: ``"N:M"`` structured sparsity instead (``2:4``: in every group of M consecutive
-            input weights of an output, the N largest are kept); None for unstructured.
-        targets: patterns over param paths (as :class:`LoraConfig`'s) of the pruned matrices.
-    """
-
-    sparsity: float = 0.0
-    scope: str = "global"
-    nm: str | None = None
-    targets: tuple[str, ...] = BLOCK_MATRICES
-
-    def __post_init__(self):
-        check_rules(self, "prune.")
-        _check_patterns(self.targets, "prune.targets")
-        if self.nm is not None:
-            n_m = self.n_m
-            if n_m is None or not 0 < n_m[0] < n_m[1]:
-                raise ConfigError(
-                    f"prune.nm={self.nm!r}: N:M sparsity keeps N of every M weights and needs "
-                    "0 < N < M, e.g. 2:4"
-                )
-
-    @property
-    def n_m(self) -> tuple[int, int] | None:
-        """``(N, M)`` of ``nm`` (None when unset or not of the form ``N:M``)."""
-        m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", self.nm or "")
-        return None if m is None else (int(m.group(1)), int(m.group(2)))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -190,6 +190,7 @@ def test_prune_with_lora_is_a_one_line_error(tiny_run_args, tmp_path, error_line
         (["--sparsity", "0.5", "--nm", "2:4"], "give one of --sparsity S"),
         ([], "give one of --sparsity S"),
         (["--sparsity", "0.5", "--scope", "block"], "prune.scope='block' is unknown"),
+        (["--nm", "2:4", "--scope", "layer"], "--scope applies to --sparsity"),
         (["--nm", "2:3"], "prune.nm='2:3': layers/attn/wk has 32 inputs per output, not a multi"),
     ],
 )
