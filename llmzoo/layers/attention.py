@@ -158,6 +158,23 @@ def dot_product_attention(
     Returns:
         ``[B, T, N, H]`` in the dtype of ``q``.
     """
+    probs = attention_weights(q, k, mask=mask, bias=bias, scale=scale)
+    return _weighted_values(probs.astype(v.dtype), v)
+
+
+def attention_weights(
+    q: jax.Array,
+    k: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    scale: float | None = None,
+) -> jax.Array:
+    """The softmax probabilities of :func:`dot_product_attention`, float32 ``[B, N, T, S]``.
+
+    Args and conventions as :func:`dot_product_attention`; each row sums to 1 over its allowed
+    keys, and a row that sees no key is all 0.
+    """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     logits = _scores(q, k) * scale
     if bias is not None:
@@ -167,7 +184,7 @@ def dot_product_attention(
     probs = jax.nn.softmax(logits, axis=-1)
     if mask is not None:  # a row that sees no key would average every value: make it 0
         probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)
-    return _weighted_values(probs.astype(v.dtype), v)
+    return probs
 
 
 def _scores(q: jax.Array, k: jax.Array) -> jax.Array:

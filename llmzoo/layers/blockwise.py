@@ -37,7 +37,12 @@ import jax
 import jax.numpy as jnp
 
 from llmzoo.errors import ConfigError
-from llmzoo.layers.attention import MaskRule, attention_mask, dot_product_attention
+from llmzoo.layers.attention import (
+    MaskRule,
+    attention_mask,
+    attention_weights,
+    dot_product_attention,
+)
 from llmzoo.layers.positional import alibi_bias
 
 ATTENTION_IMPLS = ("dense", "blockwise", "cudnn", "auto")
@@ -409,3 +414,30 @@ def attend(
     if plan.impl == "cudnn":
         return _cudnn_attention(q, k, v, plan.mask, bias, scale)
     return dot_product_attention(q, k, v, mask=plan.mask, bias=bias, scale=scale)
+
+
+def attention_probs(
+    q: jax.Array,
+    k: jax.Array,
+    plan: AttentionPlan,
+    *,
+    bias: jax.Array | None = None,
+    scale: float | None = None,
+) -> jax.Array:
+    """The attention probabilities :func:`attend` uses under ``plan``, whatever its
+    implementation: float32 ``[B, N, T, S]`` (materialised; for inspection, not training).
+
+    Args:
+        q: ``[B, T, N, H]``.
+        k: ``[B, S, K, H]``.
+        plan: from :func:`plan_attention`.
+        bias: an extra ``[B, N, T, S]`` bias (T5, DeBERTa).
+        scale: logit scale, default ``H ** -0.5``.
+    """
+    mask = plan.mask if plan.mask is not None else plan.rule.dense_mask()
+    if plan.bias is not None:
+        bias = plan.bias if bias is None else plan.bias + bias
+    elif plan.alibi_slopes is not None:
+        alibi = alibi_bias(plan.alibi_slopes, plan.rule.q_pos, plan.rule.k_pos)
+        bias = alibi if bias is None else alibi + bias
+    return attention_weights(q, k, mask=mask, bias=bias, scale=scale)

@@ -188,10 +188,10 @@ def attend(params: dict, global_params: dict | None, x: jax.Array, lp: Longforme
     return out
 
 
-def dense_reference(params: dict, global_params: dict | None, x: jax.Array, lp: LongformerPlan):
-    """:func:`attend` with ``[B, T, T]`` masks (O(T^2) memory): the reference it must equal."""
+def _dense_masks(x: jax.Array, lp: LongformerPlan):
+    """``(is_global [B, T], same [B, T, T], local [B, T, T])``: the global tokens, the keys of a
+    query's own (non-padding) segment, and those a local query sees."""
     b, t, _ = x.shape
-    q, k, v = attn_lib.qkv_projection(params, x)
     seg = lp.segment
     is_global = jnp.zeros((b, t + 1), bool).at[jnp.arange(b)[:, None], lp.slots].set(lp.valid)
     is_global = is_global[:, :t]
@@ -199,6 +199,29 @@ def dense_reference(params: dict, global_params: dict | None, x: jax.Array, lp: 
     near = jnp.abs(pos[:, None] - pos[None, :]) <= lp.layer
     same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
     local = same & ((near[None] & ~is_global[:, None, :]) | is_global[:, None, :])
+    return is_global, same, local
+
+
+def attention_probs(
+    params: dict, global_params: dict | None, x: jax.Array, lp: LongformerPlan
+) -> jax.Array:
+    """The probabilities :func:`attend` uses, scattered back to a dense float32 ``[B, N, T, T]``
+    (O(T^2) memory: for inspection): a local query's row holds its window and the global keys,
+    a global query's row (its own projections) every key of its segment; padding rows are 0."""
+    q, k, _ = attn_lib.qkv_projection(params, x)
+    is_global, same, local = _dense_masks(x, lp)
+    probs = attn_lib.attention_weights(q, k, mask=local[:, None])
+    if lp.has_global:
+        qg, kg, _ = attn_lib.qkv_projection(global_params, x)
+        pg = attn_lib.attention_weights(qg, kg, mask=same[:, None])
+        probs = jnp.where(is_global[:, None, :, None], pg, probs)
+    return probs
+
+
+def dense_reference(params: dict, global_params: dict | None, x: jax.Array, lp: LongformerPlan):
+    """:func:`attend` with ``[B, T, T]`` masks (O(T^2) memory): the reference it must equal."""
+    q, k, v = attn_lib.qkv_projection(params, x)
+    is_global, same, local = _dense_masks(x, lp)
     out = attn_lib.dot_product_attention(q, k, v, mask=local[:, None])
     if lp.has_global:
         qg, kg, vg = attn_lib.qkv_projection(global_params, x)

@@ -120,7 +120,13 @@ def gru_cell(p: dict, x: jax.Array, state: tuple) -> tuple:
 
 
 def scan_layer(
-    p: dict, x: jax.Array, state: tuple, *, cell: str, reset: jax.Array | None = None
+    p: dict,
+    x: jax.Array,
+    state: tuple,
+    *,
+    cell: str,
+    reset: jax.Array | None = None,
+    all_states: bool = False,
 ) -> tuple[jax.Array, tuple]:
     """Runs one recurrent layer over time with ``lax.scan``.
 
@@ -131,6 +137,8 @@ def scan_layer(
         cell: ``lstm`` or ``gru``.
         reset: optional ``[B, T]`` bool: where True the state is zeroed before that step (the
             start of a new document in a packed row, or left padding).
+        all_states: return the state after every step (``[B, T, H]`` arrays) instead of the
+            final one (for inspection; the final state is their last step).
 
     Returns:
         ``(h [B, T, H] float32, final state)``.
@@ -144,10 +152,13 @@ def scan_layer(
         xw_t, reset_t = inputs
         state = tuple(jnp.where(reset_t[:, None], 0.0, s) for s in state)
         state = step(p, xw_t, state)
-        return state, state[0]
+        return state, (state if all_states else state[0])
 
-    state, h = jax.lax.scan(body, state, (xw, jnp.swapaxes(reset, 0, 1)))
-    return jnp.swapaxes(h, 0, 1), state
+    state, ys = jax.lax.scan(body, state, (xw, jnp.swapaxes(reset, 0, 1)))
+    if all_states:
+        state = tuple(jnp.swapaxes(s, 0, 1) for s in ys)
+        return state[0], state
+    return jnp.swapaxes(ys, 0, 1), state
 
 
 __all__ = [

@@ -152,7 +152,12 @@ def _combine(left, right):
 
 
 def associative_scan(
-    log_da: jax.Array, dbx: jax.Array, c: jax.Array, h0: jax.Array, reset: jax.Array
+    log_da: jax.Array,
+    dbx: jax.Array,
+    c: jax.Array,
+    h0: jax.Array,
+    reset: jax.Array,
+    all_states: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """All T steps of ``h_t = dA_t * h_{t-1} + dBx_t``, ``y_t = <h_t, C_t>`` in parallel.
 
@@ -165,6 +170,7 @@ def associative_scan(
         c: ``[B, T, Z]``.
         h0: ``[B, E, Z]`` the state before step 0.
         reset: ``[B, T]`` bool.
+        all_states: return the state after every step, ``[B, T, E, Z]``, not just the last.
 
     Returns:
         ``(y [B, T, E], h [B, E, Z] after the last step)``, float32.
@@ -172,7 +178,7 @@ def associative_scan(
     da = jnp.where(reset[:, :, None, None], 0.0, jnp.exp(log_da))
     a, b = jax.lax.associative_scan(_combine, (da, dbx), axis=1)
     h = b + a * h0[:, None]
-    return jnp.einsum("btez,btz->bte", h, c), h[:, -1]
+    return jnp.einsum("btez,btz->bte", h, c), (h if all_states else h[:, -1])
 
 
 def chunked_scan(
@@ -182,6 +188,7 @@ def chunked_scan(
     h0: jax.Array,
     reset: jax.Array,
     chunk: int = 64,
+    all_states: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """The same recurrence as :func:`associative_scan`, in chunks of K = ``chunk`` steps: an
     associative scan within each chunk, ``lax.scan`` across chunks carrying the state.
@@ -201,9 +208,11 @@ def chunked_scan(
         a, bx, cc = chunk_xs  # [B, K, E, Z], [B, K, E, Z], [B, K, Z]
         a, bx = jax.lax.associative_scan(_combine, (a, bx), axis=1)
         hs = bx + a * h[:, None]
-        return hs[:, -1], jnp.einsum("btez,btz->bte", hs, cc)
+        return hs[:, -1], (jnp.einsum("btez,btz->bte", hs, cc), hs if all_states else None)
 
-    h, y = jax.lax.scan(body, h0, xs)
+    h, (y, hs) = jax.lax.scan(body, h0, xs)
+    if all_states:
+        h = jnp.moveaxis(hs, 0, 1).reshape(b, n * k, e, z)[:, :t]
     return jnp.moveaxis(y, 0, 1).reshape(b, n * k, e)[:, :t], h
 
 
@@ -235,6 +244,7 @@ def mixer(
     *,
     scan: str = "associative",
     chunk: int = 64,
+    all_states: bool = False,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """The Mamba mixer (``MambaMixer.forward``) from a carried state.
 
@@ -246,6 +256,7 @@ def mixer(
         scan: ``chunked`` (:func:`chunked_scan` with K = ``chunk``), ``associative``
             (:func:`associative_scan`) or ``step`` (:func:`ssm_step`, the recurrent form; T = 1).
         chunk: K of the chunked scan.
+        all_states: the returned SSM state holds every step's, ``[B, T, E, Z]`` (inspection).
 
     Returns:
         ``(y [B, T, D] in x's dtype, new state)``.
@@ -260,11 +271,11 @@ def mixer(
     dbx = (dt * u)[..., None] * b[:, :, None, :]
     if scan == "step":
         y, h = ssm_step(log_da[:, 0], dbx[:, 0], c[:, 0], state[1], reset[:, 0])
-        y = y[:, None]
+        y, h = y[:, None], (h[:, None] if all_states else h)
     elif scan == "associative":
-        y, h = associative_scan(log_da, dbx, c, state[1], reset)
+        y, h = associative_scan(log_da, dbx, c, state[1], reset, all_states)
     else:
-        y, h = chunked_scan(log_da, dbx, c, state[1], reset, chunk)
+        y, h = chunked_scan(log_da, dbx, c, state[1], reset, chunk, all_states)
     y = (y + u * p["skip"].astype(jnp.float32)) * jax.nn.silu(xz[:, :, 1])
     out = _project(p, y.astype(x.dtype), "out_proj", "bte,ed->btd", "out_bias")
     return out.astype(x.dtype), (conv_state, h)

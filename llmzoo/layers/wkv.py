@@ -79,20 +79,26 @@ def _two_sum(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     return s, (a - (s - b_virtual)) + (b - b_virtual)
 
 
-def wkv_recurrent(time_decay, time_first, k, v, state, reset=None) -> tuple[jax.Array, tuple]:
+def wkv_recurrent(
+    time_decay, time_first, k, v, state, reset=None, all_states: bool = False
+) -> tuple[jax.Array, tuple]:
     """:func:`wkv_step` scanned over time: the reference form of :func:`wkv_chunked`.
 
-    Args as :func:`wkv_chunked`. Returns ``(wkv [B, T, A] float32, final state)``.
+    Args as :func:`wkv_chunked`; ``all_states`` returns the state after every token (``num,
+    den, max [B, T, A]``, for inspection) instead of the final one. Returns ``(wkv [B, T, A]
+    float32, final state)``.
     """
     reset = jnp.zeros(k.shape[:2], bool) if reset is None else reset
 
     def body(state, inputs):
         k_t, v_t, r_t = inputs
         out, state = wkv_step(time_decay, time_first, k_t, v_t, _restart(state, r_t))
-        return state, out
+        return state, ((out, state) if all_states else out)
 
     xs = (jnp.swapaxes(k, 0, 1), jnp.swapaxes(v, 0, 1), reset.T)
     state, out = jax.lax.scan(body, state, xs)
+    if all_states:
+        out, state = out[0], tuple(jnp.swapaxes(s, 0, 1) for s in out[1])
     return jnp.swapaxes(out, 0, 1), state
 
 
@@ -209,6 +215,7 @@ def time_mixing(
     reset: jax.Array,
     *,
     chunk_size: int = 32,
+    all_states: bool = False,
 ) -> tuple[jax.Array, tuple]:
     """The RWKV-4 time-mixing block (``RwkvSelfAttention``).
 
@@ -219,6 +226,8 @@ def time_mixing(
         state: ``(x_prev [B, D], num, den, max [B, A])``.
         reset: ``[B, T]`` bool document starts.
         chunk_size: the WKV chunk length C (a single token takes :func:`wkv_step`).
+        all_states: return the state after every token (``x [B, T, D]`` and ``num, den, max
+            [B, T, A]`` from :func:`wkv_recurrent`) instead of the last one (inspection).
 
     Returns:
         ``(out [B, T, D], new state)``; ``x_prev`` becomes ``x[:, -1]``.
@@ -230,12 +239,16 @@ def time_mixing(
     r = jax.nn.sigmoid(_dot(_mix(x, shifted, p["mix_r"]), p["w_r"]))
     k, v = k.astype(jnp.float32), v.astype(jnp.float32)
     decay, first, wkv_state = p["time_decay"], p["time_first"], tuple(wkv_state)
+    if all_states:  # every token's state, as the recurrent form carries it
+        states = wkv_recurrent(decay, first, k, v, wkv_state, reset, all_states=True)[1]
     if x.shape[1] == 1:  # one token: the recurrent step
         wkv, wkv_state = wkv_step(decay, first, k[:, 0], v[:, 0], _restart(wkv_state, reset[:, 0]))
         wkv = wkv[:, None]
     else:
         wkv, wkv_state = wkv_chunked(decay, first, k, v, wkv_state, reset, chunk_size=chunk_size)
     out = jnp.einsum("bta,ad->btd", r * wkv.astype(x.dtype), p["w_o"].astype(x.dtype))
+    if all_states:
+        return out, (x.astype(jnp.float32), *states)
     return out, (x[:, -1].astype(jnp.float32), *wkv_state)
 
 

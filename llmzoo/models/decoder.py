@@ -29,6 +29,7 @@ from llmzoo.layers.mlp import mlp, mlp_specs
 from llmzoo.layers.norms import apply_norm, norm_specs
 from llmzoo.layers.remat import remat
 from llmzoo.layers.residual import dropout
+from llmzoo.models import capture as capture_lib
 from llmzoo.models.decoder_cache import (
     cache_plan,
     empty_cache,
@@ -41,6 +42,8 @@ from llmzoo.params import ParamSpec, init_params, normal, stack, with_dtype, zer
 from llmzoo.sharding import constrain, take_rows
 
 ACT_AXES = ("batch", "seq", "embed")
+NO_TAPS = capture_lib.NO_TAPS
+CAPTURES = capture_lib.DECODER
 
 
 def param_specs(cfg: DecoderConfig) -> dict:
@@ -114,7 +117,7 @@ def _norm(params, x, cfg):
     )
 
 
-def _attention(p, x, positions, plan, cfg, kv):
+def _attention(p, x, positions, plan, cfg, kv, taps=NO_TAPS):
     """Self-attention of one block. ``x: [B, T, D]``; returns ``([B, T, D], (k, v))``."""
     q, k, v = attn_lib.qkv_projection(p, x)  # [B, T, N, H], [B, T, K, H]
     if cfg.position == "rope":
@@ -127,21 +130,26 @@ def _attention(p, x, positions, plan, cfg, kv):
         o, (k, v) = kv_cache.cached_attention(q, k, v, kv, plan, scale=cfg.attn_scale)
     else:
         o = blockwise.attend(q, k, v, plan, scale=cfg.attn_scale)
-    return attn_lib.out_projection(p, o), (k, v)
+        if taps.needs("attn_probs"):
+            taps("attn_probs", blockwise.attention_probs(q, k, plan, scale=cfg.attn_scale))
+    o = taps("head_out", o)
+    return taps("attn_out", attn_lib.out_projection(p, o)), (k, v)
 
 
-def _block(p, x, positions, plan, cfg, rng, kv=None):
-    """One pre-norm transformer block (sequential or parallel residual). ``x: [B, T, D]``."""
+def _block(p, x, positions, plan, cfg, rng, kv=None, taps=NO_TAPS):
+    """One pre-norm transformer block (sequential or parallel residual). ``x: [B, T, D]``;
+    ``taps`` (:class:`llmzoo.models.capture.Taps`) captures and patches its intermediates."""
     r1, r2 = (None, None) if rng is None else jax.random.split(rng)
-    h, new_kv = _attention(p["attn"], _norm(p["attn_norm"], x, cfg), positions, plan, cfg, kv)
+    h, new_kv = _attention(p["attn"], _norm(p["attn_norm"], x, cfg), positions, plan, cfg, kv, taps)
     h = dropout(h, cfg.dropout, r1)
     if cfg.parallel_residual:
-        m = mlp(p["mlp"], _norm(p["mlp_norm"], x, cfg), kind=cfg.mlp)
+        m = taps("mlp_out", mlp(p["mlp"], _norm(p["mlp_norm"], x, cfg), kind=cfg.mlp))
         x = x + h + dropout(m, cfg.dropout, r2)
     else:
         x = x + h
-        x = x + dropout(mlp(p["mlp"], _norm(p["mlp_norm"], x, cfg), kind=cfg.mlp), cfg.dropout, r2)
-    return constrain(x, ACT_AXES), new_kv
+        m = taps("mlp_out", mlp(p["mlp"], _norm(p["mlp_norm"], x, cfg), kind=cfg.mlp))
+        x = x + dropout(m, cfg.dropout, r2)
+    return taps("residual", constrain(x, ACT_AXES)), new_kv
 
 
 def _embed(params, tokens, positions, cfg, rng):
@@ -171,6 +179,16 @@ def _lm_logits(params, x, cfg, dtype):
         return jnp.einsum("btd,vd->btv", x, w, preferred_element_type=dtype)
     w = params["lm_head"]["w"].astype(x.dtype)
     return jnp.einsum("btd,dv->btv", x, w, preferred_element_type=dtype)
+
+
+def decode_hidden(params: dict, h: jax.Array, *, cfg: DecoderConfig) -> jax.Array:
+    """The final norm and LM head on residual-stream states (the logit lens).
+
+    ``h: [..., T, D]`` (e.g. the ``[L + 1, B, T, D]`` ``residual`` capture) -> float32
+    ``[..., T, V]``; on the last residual row it gives the logits of :func:`apply`.
+    """
+    flat = h.reshape((-1,) + h.shape[-2:])
+    return _logits(params, flat, cfg).reshape(h.shape[:-1] + (cfg.vocab_size,))
 
 
 def last_real_index(segment_ids: jax.Array | None, t: int, b: int) -> jax.Array:
@@ -230,6 +248,8 @@ def apply(
     cfg: DecoderConfig,
     rng: jax.Array | None = None,
     return_hidden: bool = False,
+    capture: tuple[str, ...] = (),
+    patch: dict | None = None,
 ) -> dict:
     """Runs the model on full sequences (training and evaluation).
 
@@ -242,6 +262,12 @@ def apply(
         cfg: the model config.
         rng: PRNG key enabling dropout; None for deterministic evaluation.
         return_hidden: also return the residual stream after every block.
+        capture: names of intermediates to return (static; :data:`CAPTURES`, shapes in
+            :mod:`llmzoo.models.capture`); ``()`` compiles the same program as without it.
+        patch: ``{name: (values, where)}`` activation patches (``residual``, ``attn_out``,
+            ``mlp_out``, ``head_out``): the values, shaped as their capture, replace the
+            model's own where the bool ``where`` (the capture's shape without its trailing
+            feature dims, e.g. ``[L + 1, B, T]`` for ``residual``) is True.
 
     Returns:
         ``'logits'``: by ``cfg.head``, ``[B, T, V]`` in the compute dtype (``lm``; a loss takes
@@ -249,11 +275,14 @@ def apply(
         whose ``segment_ids`` is non-zero, so pad on the right) or ``[B, T, C]``
         (``token_classification``), both float32; ``'final_hidden' [B, T, D]`` (after the final
         norm); ``'values' [B, T]`` float32 with ``cfg.value_head``; ``'hidden' [L, B, T, D]``
-        (each block's output) if ``return_hidden``.
+        (each block's output) if ``return_hidden``; ``'captured'``: ``{name: [L or L + 1, ...]}``
+        if ``capture``.
 
     Raises:
         DataError: learned positions and T > ``cfg.max_seq_len``.
+        ConfigError: a ``capture`` or ``patch`` name the decoder does not have.
     """
+    capture = capture_lib.check_capture("decoder", capture, patch, CAPTURES)
     tokens = batch["tokens"]
     b, t = tokens.shape
     _check_length(t, cfg, "a sequence", "cut it")
@@ -266,18 +295,24 @@ def apply(
     )
     plan = _plan(cfg, rule, cfg.attention_impl)
     x = _embed(params, tokens, positions, cfg, None if rng is None else jax.random.fold_in(rng, 0))
+    x, layer_patch = capture_lib.enter(x, patch)
+    x0 = x
 
     def body(x, layer):
-        p, i = layer
+        p, i, patch_i = layer
         layer_rng = None if rng is None else jax.random.fold_in(rng, i + 1)
-        x, _ = _block(p, x, positions, plan, cfg, layer_rng)
-        return x, (x if return_hidden else None)
+        taps = capture_lib.layer_taps(capture, patch_i)
+        x, _ = _block(p, x, positions, plan, cfg, layer_rng, taps=taps)
+        return x, (x if return_hidden else None, taps.captured)
 
     body = remat(body, cfg.remat)
-    x, hidden = jax.lax.scan(body, x, (params["layers"], jnp.arange(cfg.n_layers)))
+    xs = (params["layers"], jnp.arange(cfg.n_layers), layer_patch)
+    x, (hidden, captured) = jax.lax.scan(body, x, xs)
     out = _heads(params, _norm(params["final_norm"], x, cfg), segment_ids, cfg)
     if return_hidden:
         out["hidden"] = hidden
+    if capture:
+        out["captured"] = capture_lib.gather(x0, captured, capture)
     return out
 
 
@@ -369,4 +404,5 @@ __all__ = [
     "apply_cached",
     "select_cache",
     "decode_params",
+    "decode_hidden",
 ]

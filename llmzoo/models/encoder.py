@@ -34,11 +34,14 @@ from llmzoo.layers.mlp import mlp, mlp_specs
 from llmzoo.layers.norms import layer_norm, norm_specs
 from llmzoo.layers.remat import remat
 from llmzoo.layers.residual import dropout
+from llmzoo.models import capture as capture_lib
 from llmzoo.models.encoder_config import EncoderConfig
 from llmzoo.params import ParamSpec, init_params, normal, stack, with_dtype, zeros
 from llmzoo.sharding import constrain, take_rows
 
 ACT_AXES = ("batch", "seq", "embed")
+NO_TAPS = capture_lib.NO_TAPS
+CAPTURES = capture_lib.ENCODER
 # ---------------------------------------------------------------------------------------------
 # Params
 
@@ -158,11 +161,15 @@ def _relative(params, positions, cfg, rng):
     return dropout(table, cfg.dropout, rng), index
 
 
-def _attention(p, x, plan, rel, cfg):
-    """Bidirectional self-attention (disentangled with ``rel``). ``x: [B, T, D]``."""
+def _head_outputs(p, x, plan, rel, cfg, with_probs):
+    """Bidirectional self-attention (disentangled with ``rel``) before the output projection:
+    ``x [B, T, D]`` -> ``([B, T, N, H], probabilities [B, N, T, T] float32 or None)``; the
+    probabilities only ``with_probs`` (Longformer's band and global rows scattered densely)."""
     if isinstance(plan, longformer.LongformerPlan):
         o = longformer.attend(p["attn"], p.get("global_attn"), x, plan)
-        return attn_lib.out_projection(p["attn"], o)
+        if not with_probs:
+            return o, None
+        return o, longformer.attention_probs(p["attn"], p.get("global_attn"), x, plan)
     q, k, v = attn_lib.qkv_projection(p["attn"], x)  # [B, T, N, H]
     scale = bias = None
     if cfg.pos_att_type:
@@ -173,33 +180,49 @@ def _attention(p, x, plan, rel, cfg):
         rel_q, rel_k = disentangled.project_relative(proj, table, cfg.pos_att_type)
         bias = disentangled.disentangled_bias(q, k, rel_q, rel_k, index) * scale
     o = blockwise.attend(q, k, v, plan, bias=bias, scale=scale)
-    return attn_lib.out_projection(p["attn"], o)
+    if not with_probs:
+        return o, None
+    return o, blockwise.attention_probs(q, k, plan, bias=bias, scale=scale)
 
 
-def _block(p, x, plan, rel, cfg, rng):
-    """One post-LN block: ``LN(x + attn(x))`` then ``LN(x + mlp(x))``. ``x: [B, T, D]``."""
+def _attention(p, x, plan, rel, cfg, taps=NO_TAPS):
+    """The attention sublayer, ``x: [B, T, D]``; ``taps`` captures the probabilities and
+    captures or patches the heads' outputs and the sublayer's."""
+    o, probs = _head_outputs(p, x, plan, rel, cfg, taps.needs("attn_probs"))
+    if probs is not None:
+        taps("attn_probs", probs)
+    o = taps("head_out", o)
+    return taps("attn_out", attn_lib.out_projection(p["attn"], o))
+
+
+def _block(p, x, plan, rel, cfg, rng, taps=NO_TAPS):
+    """One post-LN block: ``LN(x + attn(x))`` then ``LN(x + mlp(x))``. ``x: [B, T, D]``;
+    ``taps`` (:class:`llmzoo.models.capture.Taps`) captures and patches its intermediates."""
     r1, r2 = (None, None) if rng is None else jax.random.split(rng)
-    x = _ln(p["attn_norm"], x + dropout(_attention(p, x, plan, rel, cfg), cfg.dropout, r1), cfg)
-    h = dropout(mlp(p["mlp"], x, kind=cfg.mlp), cfg.dropout, r2)
-    return constrain(_ln(p["mlp_norm"], x + h, cfg), ACT_AXES)
+    h = _attention(p, x, plan, rel, cfg, taps)
+    x = _ln(p["attn_norm"], x + dropout(h, cfg.dropout, r1), cfg)
+    h = dropout(taps("mlp_out", mlp(p["mlp"], x, kind=cfg.mlp)), cfg.dropout, r2)
+    return taps("residual", constrain(_ln(p["mlp_norm"], x + h, cfg), ACT_AXES))
 
 
-def _stack(params, x, plan, rel, cfg, rng, return_hidden):
-    """All L blocks under ``lax.scan``; ALBERT scans L times over its one shared layer."""
+def _stack(params, x, plan, rel, cfg, rng, return_hidden, capture=(), patch=None):
+    """All L blocks under ``lax.scan``; ALBERT scans L times over its one shared layer (each
+    application captured as its own layer). Returns ``(x, (hidden, captured))``."""
 
     def body(x, layer):
-        p, i = layer
+        p, i, patch_i = layer
         layer_rng = None if rng is None else jax.random.fold_in(rng, i)
         at = plan.at_layer(i) if isinstance(plan, longformer.LongformerPlan) else plan
-        x = _block(p, x, at, rel, cfg, layer_rng)
-        return x, (x if return_hidden else None)
+        taps = capture_lib.layer_taps(capture, patch_i)
+        x = _block(p, x, at, rel, cfg, layer_rng, taps)
+        return x, (x if return_hidden else None, taps.captured)
 
     body = remat(body, cfg.remat)
-    index = jnp.arange(cfg.n_layers)
+    index, patch = jnp.arange(cfg.n_layers), patch or {}
     if cfg.share_layers:
         shared = params["layers"]
-        return jax.lax.scan(lambda x, i: body(x, (shared, i)), x, index)
-    return jax.lax.scan(body, x, (params["layers"], index))
+        return jax.lax.scan(lambda x, xs: body(x, (shared, *xs)), x, (index, patch))
+    return jax.lax.scan(body, x, (params["layers"], index, patch))
 
 
 def _heads(params, x, cfg, rng) -> dict:
@@ -247,6 +270,8 @@ def apply(
     cfg: EncoderConfig,
     rng: jax.Array | None = None,
     return_hidden: bool = False,
+    capture: tuple[str, ...] = (),
+    patch: dict | None = None,
 ) -> dict:
     """Runs the encoder and its head on a batch.
 
@@ -261,13 +286,25 @@ def apply(
         cfg: the model config.
         rng: PRNG key enabling dropout; None for deterministic evaluation.
         return_hidden: also return the output of every block.
+        capture: names of intermediates to return (static; :data:`CAPTURES`, shapes in
+            :mod:`llmzoo.models.capture`; ``attn_probs`` is dense ``[L, B, N, T, T]`` for
+            DeBERTa and Longformer too); ``()`` compiles the same program as without it.
+            ``residual`` row l + 1 is block l's output after its post-LN, so the last row is
+            ``'hidden'``.
+        patch: ``{name: (values, where)}`` activation patches (``residual``, ``attn_out``,
+            ``mlp_out``, ``head_out``), as in :func:`llmzoo.models.decoder.apply`.
 
     Returns:
         ``'hidden' [B, T, D]`` (final states); ``'all_hidden' [L, B, T, D]`` with
         ``return_hidden``; ``'pooled' [B, D]`` with a pooler; by ``cfg.head``: ``'logits'``
         ``[B, T, V]`` (mlm, pretraining), ``[B, C]`` (sequence_classification) or ``[B, T, C]``
         (token_classification), and ``'pair_logits' [B, 2]`` (pretraining). Logits are float32.
+        ``'captured'``: ``{name: [L or L + 1, ...]}`` if ``capture``.
+
+    Raises:
+        ConfigError: a ``capture`` or ``patch`` name the encoder does not have.
     """
+    capture = capture_lib.check_capture("encoder", capture, patch, CAPTURES)
     tokens = batch["tokens"]
     b, t = tokens.shape
     positions = batch.get("positions")
@@ -275,12 +312,17 @@ def apply(
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     rngs = [None] * 4 if rng is None else list(jax.random.split(rng, 4))
     x = _embed(params, batch, positions, cfg, rngs[0])
+    x, layer_patch = capture_lib.enter(x, patch)
+    x0 = x
     rel = _relative(params, positions, cfg, rngs[1])
     plan = _plan(positions, batch.get("segment_ids"), batch.get("global_mask"), cfg)
-    x, hidden = _stack(params, x, plan, rel, cfg, rngs[2], return_hidden)
+    stacked = _stack(params, x, plan, rel, cfg, rngs[2], return_hidden, capture, layer_patch)
+    x, (hidden, captured) = stacked
     out = {"hidden": x, **_heads(params, x, cfg, rngs[3])}
     if return_hidden:
         out["all_hidden"] = hidden
+    if capture:
+        out["captured"] = capture_lib.gather(x0, captured, capture)
     return out
 
 

@@ -39,10 +39,13 @@ from llmzoo.layers.remat import remat
 from llmzoo.layers.residual import dropout
 from llmzoo.layers.state import reset_mask
 from llmzoo.layers.state import select_rows as select_cache
+from llmzoo.models import capture as capture_lib
 from llmzoo.params import ParamSpec, init_params, normal, stack, with_dtype
 from llmzoo.sharding import constrain, take_rows
 
 ACT_AXES = ("batch", "seq", "embed")
+NO_TAPS = capture_lib.NO_TAPS
+CAPTURES = capture_lib.RECURRENT
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -168,21 +171,29 @@ def _logits(params, x, cfg, dtype=jnp.float32):
     return jnp.einsum("btd,dv->btv", x, w, preferred_element_type=dtype)
 
 
-def _layers(params, x, state, reset, cfg, rng, scan=None):
+def _layers(params, x, state, reset, cfg, rng, scan=None, capture=(), patch=None):
     """The block stack (``lax.scan`` over L). ``x: [B, T, D]``; ``state``: ``(conv [L, B, W-1,
-    E], ssm [L, B, E, Z])``; ``scan`` overrides ``cfg.scan`` (``step``: one token). Returns
-    ``(x [B, T, D], final state)``."""
-    scan = scan or cfg.scan
+    E], ssm [L, B, E, Z])``; ``scan`` overrides ``cfg.scan`` (``step``: one token); ``capture``
+    and ``patch`` (sliced per layer) as in :func:`apply`. Returns ``(x [B, T, D], (final
+    state, captured))``."""
+    scan, all_states = scan or cfg.scan, "state" in capture
 
     def body(x, layer):
-        p, s, i = layer
+        p, s, i, patch_i = layer
+        taps = capture_lib.layer_taps(capture, patch_i)
         h = rms_norm(p["norm"], x, eps=cfg.norm_eps)
-        h, s = ssm.mixer(p["mixer"], h, s, reset, scan=scan, chunk=cfg.scan_chunk)
+        h, s = ssm.mixer(
+            p["mixer"], h, s, reset, scan=scan, chunk=cfg.scan_chunk, all_states=all_states
+        )
+        if all_states:  # the SSM state after every token, [B, T, E, Z]
+            s = (s[0], taps("state", s[1])[:, -1])
         layer_rng = None if rng is None else jax.random.fold_in(rng, i + 1)
-        return constrain(x + dropout(h, cfg.dropout, layer_rng), ACT_AXES), s
+        x = constrain(x + dropout(h, cfg.dropout, layer_rng), ACT_AXES)
+        return taps("residual", x), (s, taps.captured)
 
     body = remat(body, cfg.remat)
-    return jax.lax.scan(body, x, (params["layers"], state, jnp.arange(cfg.n_layers)))
+    xs = (params["layers"], state, jnp.arange(cfg.n_layers), patch or {})
+    return jax.lax.scan(body, x, xs)
 
 
 def _zero_states(cfg, batch_size):
@@ -191,7 +202,15 @@ def _zero_states(cfg, batch_size):
     return tuple(jnp.broadcast_to(s, (cfg.n_layers, *s.shape)) for s in one)
 
 
-def apply(params: dict, batch: dict, *, cfg: MambaConfig, rng: jax.Array | None = None) -> dict:
+def apply(
+    params: dict,
+    batch: dict,
+    *,
+    cfg: MambaConfig,
+    rng: jax.Array | None = None,
+    capture: tuple[str, ...] = (),
+    patch: dict | None = None,
+) -> dict:
     """Runs the model on full sequences (training and evaluation).
 
     Args:
@@ -201,16 +220,36 @@ def apply(params: dict, batch: dict, *, cfg: MambaConfig, rng: jax.Array | None 
             :func:`llmzoo.layers.state.reset_mask`).
         cfg: the model config.
         rng: PRNG key enabling dropout; None for deterministic evaluation.
+        capture: names of intermediates to return (static; :data:`CAPTURES`); ``()`` compiles
+            the same program as without it. ``residual [L + 1, B, T, D]``: row 0 the
+            embeddings, row l + 1 block l's output (the last row is the stream before the
+            final norm); ``state [L, B, T, E, Z]`` float32: each layer's SSM state after each
+            token (its last step is the ``ssm`` cache of :func:`apply_cached`; the convolution
+            window, the last W - 1 inputs, is not included). It holds L T E Z floats per row
+            (``expand * D * state_size`` per token and layer): meant for short inputs.
+        patch: ``{'residual': (values [L + 1, B, T, D], where [L + 1, B, T])}``: activation
+            patching, as in :func:`llmzoo.models.decoder.apply`.
 
     Returns:
-        ``{'logits': [B, T, V]}`` in the compute dtype.
+        ``{'logits': [B, T, V]}`` in the compute dtype; ``'captured'``: ``{name: array}`` if
+        ``capture``.
+
+    Raises:
+        ConfigError: a ``capture`` or ``patch`` name the kind does not have (``attn_probs``).
     """
+    capture = capture_lib.check_capture("mamba", capture, patch, CAPTURES)
     tokens = batch["tokens"]
     b, t = tokens.shape
     reset = reset_mask((b, t), batch.get("positions"), batch.get("segment_ids"))
     x = _embed(params, tokens, cfg, None if rng is None else jax.random.fold_in(rng, 0))
-    x, _ = _layers(params, x, _zero_states(cfg, b), reset, cfg, rng)
-    return {"logits": _logits(params, x, cfg, cfg.compute_dtype)}
+    x, layer_patch = capture_lib.enter(x, patch)
+    x0 = x
+    state = _zero_states(cfg, b)
+    x, (_, captured) = _layers(params, x, state, reset, cfg, rng, None, capture, layer_patch)
+    out = {"logits": _logits(params, x, cfg, cfg.compute_dtype)}
+    if capture:
+        out["captured"] = capture_lib.gather(x0, captured, capture)
+    return out
 
 
 def init_cache(params: dict, batch: dict, *, cfg: MambaConfig, max_len: int) -> dict:
@@ -252,7 +291,7 @@ def apply_cached(
     x = _embed(params, tokens, cfg, None)
     state = (cache["conv"], cache["ssm"])
     scan = "step" if tokens.shape[1] == 1 else None
-    x, (conv, h) = _layers(params, x, state, reset, cfg, None, scan)
+    x, ((conv, h), _) = _layers(params, x, state, reset, cfg, None, scan)
     return _logits(params, x, cfg), {"conv": conv, "ssm": h}
 
 

@@ -28,10 +28,13 @@ from llmzoo.layers.remat import remat
 from llmzoo.layers.residual import dropout
 from llmzoo.layers.state import reset_mask
 from llmzoo.layers.state import select_rows as select_cache
+from llmzoo.models import capture as capture_lib
 from llmzoo.params import ParamSpec, init_params, normal, stack, with_dtype
 from llmzoo.sharding import constrain, take_rows
 
 ACT_AXES = ("batch", "seq", "embed")
+NO_TAPS = capture_lib.NO_TAPS
+CAPTURES = capture_lib.RECURRENT
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -106,19 +109,26 @@ def _logits(params, x, cfg, dtype=jnp.float32):
     return jnp.einsum("btd,dv->btv", x, w, preferred_element_type=dtype)
 
 
-def _layers(params, x, state, reset, cfg, rng):
+def _layers(params, x, state, reset, cfg, rng, capture=(), patch=None):
     """The layer stack (``lax.scan`` over L). ``x: [B, T, D]``, ``state``: tuple of
-    ``[L, B, D]``; returns ``(x [B, T, D], final state)``."""
+    ``[L, B, D]``; ``capture`` and ``patch`` (sliced per layer) as in :func:`apply`. Returns
+    ``(x [B, T, D], (final state, captured))``."""
+    all_states = "state" in capture
 
     def body(x, layer):
-        p, s, i = layer
-        h, s = recurrent.scan_layer(p, x, s, cell=cfg.cell, reset=reset)
+        p, s, i, patch_i = layer
+        taps = capture_lib.layer_taps(capture, patch_i)
+        h, s = recurrent.scan_layer(p, x, s, cell=cfg.cell, reset=reset, all_states=all_states)
+        if all_states:  # the state after every token: [B, T, 2 (h, c) or 1 (h), D]
+            taps("state", jnp.stack(s, axis=2))
+            s = tuple(a[:, -1] for a in s)
         layer_rng = None if rng is None else jax.random.fold_in(rng, i + 1)
         h = dropout(h.astype(cfg.compute_dtype), cfg.dropout, layer_rng)
-        return constrain(h, ACT_AXES), s
+        return taps("residual", constrain(h, ACT_AXES)), (s, taps.captured)
 
     body = remat(body, cfg.remat)
-    return jax.lax.scan(body, x, (params["layers"], state, jnp.arange(cfg.n_layers)))
+    xs = (params["layers"], state, jnp.arange(cfg.n_layers), patch or {})
+    return jax.lax.scan(body, x, xs)
 
 
 def _zero_states(cfg, batch_size):
@@ -129,7 +139,15 @@ def _zero_states(cfg, batch_size):
     )
 
 
-def apply(params: dict, batch: dict, *, cfg: RnnConfig, rng: jax.Array | None = None) -> dict:
+def apply(
+    params: dict,
+    batch: dict,
+    *,
+    cfg: RnnConfig,
+    rng: jax.Array | None = None,
+    capture: tuple[str, ...] = (),
+    patch: dict | None = None,
+) -> dict:
     """Runs the model on full sequences (training and evaluation).
 
     Args:
@@ -139,16 +157,35 @@ def apply(params: dict, batch: dict, *, cfg: RnnConfig, rng: jax.Array | None = 
             :func:`llmzoo.layers.state.reset_mask`).
         cfg: the model config.
         rng: PRNG key enabling dropout; None for deterministic evaluation.
+        capture: names of intermediates to return (static; :data:`CAPTURES`); ``()`` compiles
+            the same program as without it. ``residual [L + 1, B, T, D]``: row 0 the
+            embeddings, row l + 1 layer l's output (the last row is what the LM head reads);
+            ``state [L, B, T, S, D]`` float32: each layer's state after each token, S = 2
+            ``(h, c)`` for the LSTM, S = 1 ``(h,)`` for the GRU (its last step is the state
+            :func:`apply_cached` returns).
+        patch: ``{'residual': (values [L + 1, B, T, D], where [L + 1, B, T])}``: activation
+            patching, as in :func:`llmzoo.models.decoder.apply`.
 
     Returns:
-        ``{'logits': [B, T, V]}`` in the compute dtype.
+        ``{'logits': [B, T, V]}`` in the compute dtype; ``'captured'``: ``{name: array}`` if
+        ``capture``.
+
+    Raises:
+        ConfigError: a ``capture`` or ``patch`` name the kind does not have (``attn_probs``).
     """
+    capture = capture_lib.check_capture("rnn", capture, patch, CAPTURES)
     tokens = batch["tokens"]
     b, t = tokens.shape
     reset = reset_mask((b, t), batch.get("positions"), batch.get("segment_ids"))
     x = _embed(params, tokens, cfg, None if rng is None else jax.random.fold_in(rng, 0))
-    x, _ = _layers(params, x, _zero_states(cfg, b), reset, cfg, rng)
-    return {"logits": _logits(params, x, cfg, cfg.compute_dtype)}
+    x, layer_patch = capture_lib.enter(x, patch)
+    x0 = x
+    state = _zero_states(cfg, b)
+    x, (_, captured) = _layers(params, x, state, reset, cfg, rng, capture, layer_patch)
+    out = {"logits": _logits(params, x, cfg, cfg.compute_dtype)}
+    if capture:
+        out["captured"] = capture_lib.gather(x0, captured, capture)
+    return out
 
 
 def init_cache(params: dict, batch: dict, *, cfg: RnnConfig, max_len: int) -> dict:
@@ -185,7 +222,7 @@ def apply_cached(
     """
     reset = reset_mask(tokens.shape, positions, None)
     x = _embed(params, tokens, cfg, None)
-    x, state = _layers(params, x, cache["state"], reset, cfg, None)
+    x, (state, _) = _layers(params, x, cache["state"], reset, cfg, None)
     return _logits(params, x, cfg), {"state": state}
 
 

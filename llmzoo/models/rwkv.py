@@ -32,12 +32,15 @@ from llmzoo.layers.remat import remat
 from llmzoo.layers.residual import dropout
 from llmzoo.layers.state import reset_mask
 from llmzoo.layers.state import select_rows as select_cache  # [L, B, ...] arrays
+from llmzoo.models import capture as capture_lib
 from llmzoo.params import ParamSpec, init_params, normal, stack, with_dtype
 from llmzoo.sharding import constrain, take_rows
 
 ACT_AXES = ("batch", "seq", "embed")
 FINAL_NORM_EPS = 1e-5  # transformers' ``ln_out`` ignores ``layer_norm_epsilon``
 STATE_KEYS = ("att_x", "num", "den", "max", "ffn_x")  # the cache, per layer
+NO_TAPS = capture_lib.NO_TAPS
+CAPTURES = capture_lib.RECURRENT
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -175,33 +178,44 @@ def _logits(params, x, cfg, dtype=jnp.float32):
     return jnp.einsum("btd,dv->btv", x, w, preferred_element_type=dtype)
 
 
-def _block(p, x, state, reset, cfg, i, rng):
-    """One block. ``x: [B, T, D]``, ``state``: one layer's cache dict; returns both updated."""
-    k = cfg.rescale_every
+def _block(p, x, state, reset, cfg, i, rng, taps=NO_TAPS):
+    """One block. ``x: [B, T, D]``, ``state``: one layer's cache dict; returns both updated.
+    ``taps`` captures the state after every token and captures or patches the output."""
+    k, all_states = cfg.rescale_every, "state" in taps.want
     scale = 1.0 if k == 0 else 0.5 ** (i // k).astype(jnp.float32)  # on each block output
     rngs = (None, None) if rng is None else jax.random.split(jax.random.fold_in(rng, i + 1))
     att_state = tuple(state[key] for key in STATE_KEYS[:4])
     h = layer_norm(p["att_norm"], x, eps=cfg.norm_eps)
-    h, att_state = wkv.time_mixing(p["att"], h, att_state, reset, chunk_size=cfg.chunk_size)
+    h, att_state = wkv.time_mixing(
+        p["att"], h, att_state, reset, chunk_size=cfg.chunk_size, all_states=all_states
+    )
     x = x + dropout(h * scale, cfg.dropout, rngs[0]).astype(x.dtype)
     h = layer_norm(p["ffn_norm"], x, eps=cfg.norm_eps)
-    h, ffn_x = wkv.channel_mixing(p["ffn"], h, state["ffn_x"], reset)
+    ffn_x = h.astype(jnp.float32) if all_states else None  # every token's, [B, T, D]
+    h, last = wkv.channel_mixing(p["ffn"], h, state["ffn_x"], reset)
     x = x + dropout(h * scale, cfg.dropout, rngs[1]).astype(x.dtype)
     if k:
         x = jnp.where((i + 1) % k == 0, x * 0.5, x)
-    return constrain(x, ACT_AXES), dict(zip(STATE_KEYS, (*att_state, ffn_x), strict=True))
+    new_state = dict(zip(STATE_KEYS, (*att_state, last if ffn_x is None else ffn_x), strict=True))
+    if all_states:
+        new_state = jax.tree.map(lambda s: s[:, -1], taps("state", new_state))
+    return taps("residual", constrain(x, ACT_AXES)), new_state
 
 
-def _layers(params, x, state, reset, cfg, rng):
+def _layers(params, x, state, reset, cfg, rng, capture=(), patch=None):
     """The block stack (``lax.scan`` over L). ``x: [B, T, D]``, ``state``: the cache dict of
-    ``[L, B, *]`` arrays; returns ``(x [B, T, D], final state)``."""
+    ``[L, B, *]`` arrays; ``capture`` and ``patch`` (sliced per layer) as in :func:`apply`.
+    Returns ``(x [B, T, D], (final state, captured))``."""
 
     def body(x, layer):
-        p, s, i = layer
-        return _block(p, x, s, reset, cfg, i, rng)
+        p, s, i, patch_i = layer
+        taps = capture_lib.layer_taps(capture, patch_i)
+        x, s = _block(p, x, s, reset, cfg, i, rng, taps)
+        return x, (s, taps.captured)
 
     body = remat(body, cfg.remat)
-    return jax.lax.scan(body, x, (params["layers"], state, jnp.arange(cfg.n_layers)))
+    xs = (params["layers"], state, jnp.arange(cfg.n_layers), patch or {})
+    return jax.lax.scan(body, x, xs)
 
 
 def _zero_states(cfg: RwkvConfig, batch_size: int) -> dict:
@@ -212,7 +226,15 @@ def _zero_states(cfg: RwkvConfig, batch_size: int) -> dict:
     return jax.tree.map(lambda s: jnp.broadcast_to(s, (cfg.n_layers, *s.shape)), one)
 
 
-def apply(params: dict, batch: dict, *, cfg: RwkvConfig, rng: jax.Array | None = None) -> dict:
+def apply(
+    params: dict,
+    batch: dict,
+    *,
+    cfg: RwkvConfig,
+    rng: jax.Array | None = None,
+    capture: tuple[str, ...] = (),
+    patch: dict | None = None,
+) -> dict:
     """Runs the model on full sequences (training and evaluation).
 
     Args:
@@ -222,16 +244,37 @@ def apply(params: dict, batch: dict, *, cfg: RwkvConfig, rng: jax.Array | None =
             :func:`llmzoo.layers.state.reset_mask`).
         cfg: the model config.
         rng: PRNG key enabling dropout; None for deterministic evaluation.
+        capture: names of intermediates to return (static; :data:`CAPTURES`); ``()`` compiles
+            the same program as without it. ``residual [L + 1, B, T, D]``: row 0 the
+            embeddings after ``pre_norm``, row l + 1 block l's output (the last row is the
+            stream before the final norm); ``state``: a dict of the cache's keys, each layer's
+            state after each token: ``att_x, ffn_x [L, B, T, D]`` (the normalised inputs of the
+            token shifts) and the WKV state ``num, den, max [L, B, T, A]`` float32 (as
+            :func:`llmzoo.layers.wkv.wkv_step` carries it: the state :func:`apply_cached`
+            returns after feeding the tokens one at a time).
+        patch: ``{'residual': (values [L + 1, B, T, D], where [L + 1, B, T])}``: activation
+            patching, as in :func:`llmzoo.models.decoder.apply`.
 
     Returns:
-        ``{'logits': [B, T, V]}`` in the compute dtype.
+        ``{'logits': [B, T, V]}`` in the compute dtype; ``'captured'``: ``{name: ...}`` if
+        ``capture``.
+
+    Raises:
+        ConfigError: a ``capture`` or ``patch`` name the kind does not have (``attn_probs``).
     """
+    capture = capture_lib.check_capture("rwkv", capture, patch, CAPTURES)
     tokens = batch["tokens"]
     b, t = tokens.shape
     reset = reset_mask((b, t), batch.get("positions"), batch.get("segment_ids"))
     x = _embed(params, tokens, cfg, None if rng is None else jax.random.fold_in(rng, 0))
-    x, _ = _layers(params, x, _zero_states(cfg, b), reset, cfg, rng)
-    return {"logits": _logits(params, x, cfg, cfg.compute_dtype)}
+    x, layer_patch = capture_lib.enter(x, patch)
+    x0 = x
+    state = _zero_states(cfg, b)
+    x, (_, captured) = _layers(params, x, state, reset, cfg, rng, capture, layer_patch)
+    out = {"logits": _logits(params, x, cfg, cfg.compute_dtype)}
+    if capture:
+        out["captured"] = capture_lib.gather(x0, captured, capture)
+    return out
 
 
 def init_cache(params: dict, batch: dict, *, cfg: RwkvConfig, max_len: int) -> dict:
@@ -270,7 +313,7 @@ def apply_cached(
     """
     reset = reset_mask(tokens.shape, positions, None)
     x = _embed(params, tokens, cfg, None)
-    x, state = _layers(params, x, cache, reset, cfg, None)
+    x, (state, _) = _layers(params, x, cache, reset, cfg, None)
     return _logits(params, x, cfg), state
 
 

@@ -1,9 +1,10 @@
 """Kind ``seq2seq``: the encoder-decoder transformer of T5 (v1.0, v1.1) and BART.
 
-Read top to bottom: param declarations, the residual sub-layer (pre- or post-norm), the encoder
-and decoder blocks, the two stacks (``lax.scan`` over layers), then the protocol functions
+Read top to bottom: the two stacks (``lax.scan`` over layers), then the protocol functions
 ``apply`` (training/eval), ``encode``, and ``init_cache``/``apply_cached``/``select_cache``
-(generation: the cache holds the encoder's cross-attention keys and values). The families differ
+(generation: the cache holds the encoder's cross-attention keys and values). The params are
+declared in :mod:`llmzoo.models.seq2seq_params`; the residual sub-layer (pre- or post-norm) and
+the encoder and decoder blocks live in :mod:`llmzoo.models.seq2seq_blocks`. The families differ
 only in :class:`Seq2SeqConfig` switches (defined in :mod:`llmzoo.models.seq2seq_config` and
 re-exported here); their presets are data in :mod:`llmzoo.models.families`.
 
@@ -29,135 +30,17 @@ import jax.numpy as jnp
 
 from llmzoo.layers import attention as attn_lib
 from llmzoo.layers import blockwise, positional
-from llmzoo.layers.cross_attention import cross_attention, cross_kv
-from llmzoo.layers.mlp import mlp, mlp_specs
-from llmzoo.layers.norms import apply_norm, norm_specs
+from llmzoo.layers.cross_attention import cross_kv
 from llmzoo.layers.remat import remat
-from llmzoo.layers.residual import dropout, residual
+from llmzoo.layers.residual import dropout
+from llmzoo.models import capture as capture_lib
+from llmzoo.models.seq2seq_blocks import decoder_block, encoder_block, norm
 from llmzoo.models.seq2seq_config import Seq2SeqConfig
-from llmzoo.params import ParamSpec, init_params, normal, stack, with_dtype, zeros
+from llmzoo.models.seq2seq_params import init, param_specs
 from llmzoo.sharding import constrain, take_rows
 
 ACT_AXES = ("batch", "seq", "embed")
-# ---------------------------------------------------------------------------------------------
-# Params
-
-
-def _stack_specs(cfg: Seq2SeqConfig, n_layers: int, *, cross: bool) -> dict:
-    """The param specs of one stack (encoder, or decoder with ``cross`` attention)."""
-    d, std = cfg.d_model, cfg.init_std
-    out_std = std / math.sqrt(2 * n_layers)
-    norm = dict(kind=cfg.norm, bias=cfg.bias)
-    attn = dict(qkv_bias=cfg.bias, out_bias=cfg.bias, std=std, out_std=out_std)
-    n, h = cfg.n_heads, cfg.dim_per_head
-    block = {
-        "attn_norm": norm_specs(d, **norm),
-        "attn": attn_lib.attention_specs(d, n, n, h, **attn),
-    }
-    if cross:
-        block["cross_norm"] = norm_specs(d, **norm)
-        block["cross_attn"] = attn_lib.attention_specs(d, n, n, h, **attn)
-    block["mlp_norm"] = norm_specs(d, **norm)
-    block["mlp"] = mlp_specs(d, cfg.d_ff, cfg.mlp, bias=cfg.bias, std=std, out_std=out_std)
-    specs = {"layers": stack(block, n_layers)}
-    if cfg.position == "learned":
-        rows = cfg.max_seq_len + cfg.position_offset
-        specs["pos_embed"] = {
-            "table": ParamSpec((rows, d), logical_axes=(None, "embed"), init=normal(0.01))
-        }
-    else:
-        specs["relative_bias"] = {
-            "table": ParamSpec(
-                (cfg.relative_buckets, n), logical_axes=(None, "heads"), init=normal(std)
-            )
-        }
-    if cfg.embed_norm:
-        specs["embed_norm"] = norm_specs(d, **norm)
-    if cfg.final_norm:
-        specs["final_norm"] = norm_specs(d, **norm)
-    return specs
-
-
-def param_specs(cfg: Seq2SeqConfig) -> dict:
-    """Declares every parameter of the model as a :class:`ParamSpec` tree."""
-    d, v = cfg.d_model, cfg.vocab_size
-    specs = {
-        "embed": {
-            "table": ParamSpec((v, d), logical_axes=("vocab", "embed"), init=normal(cfg.init_std))
-        },
-        "encoder": _stack_specs(cfg, cfg.n_encoder_layers, cross=False),
-        "decoder": _stack_specs(cfg, cfg.n_decoder_layers, cross=True),
-    }
-    if not cfg.tie_embeddings:
-        specs["lm_head"] = {
-            "w": ParamSpec((d, v), logical_axes=("embed", "vocab"), init=normal(cfg.init_std))
-        }
-    if cfg.final_logits_bias:
-        specs["final_logits_bias"] = {"bias": ParamSpec((v,), logical_axes=("vocab",), init=zeros)}
-    return with_dtype(specs, cfg.param_dtype)
-
-
-def init(key: jax.Array, cfg: Seq2SeqConfig, shardings=None) -> dict:
-    """Initialises params, optionally straight onto ``shardings`` (``sharding.param_shardings``)."""
-    return init_params(key, param_specs(cfg), shardings)
-
-
-# ---------------------------------------------------------------------------------------------
-# Blocks
-
-
-def _norm(params, x, cfg):
-    return apply_norm(params, x, kind=cfg.norm, eps=cfg.norm_eps)
-
-
-def _split(rng, n):
-    return (None,) * n if rng is None else tuple(jax.random.split(rng, n))
-
-
-def _sublayer(norm_params, x, fn, cfg, rng):
-    """``residual`` with this config's norm, norm position and dropout; ``x: [B, T, D]``."""
-    norm = lambda h: _norm(norm_params, h, cfg)  # noqa: E731
-    post = cfg.norm_position == "post"
-    return residual(x, fn, norm, post_norm=post, rate=cfg.dropout, rng=rng)
-
-
-def _self_attention(p, x, plan, bias, cfg, kv=None):
-    """Self-attention, ``x [B, T, D]``; ``kv`` = (cache k, cache v, index) while decoding."""
-    q, k, v = attn_lib.qkv_projection(p, x)
-    if kv is not None:
-        cache_k, cache_v, index = kv
-        k, v = attn_lib.update_kv_cache(cache_k, cache_v, k, v, index)
-    o = blockwise.attend(q, k, v, plan, bias=bias, scale=cfg.attn_scale)
-    return attn_lib.out_projection(p, o), (k, v)
-
-
-def _encoder_block(p, x, plan, bias, cfg, rng):
-    """Self-attention and MLP over the source. ``x: [B, S, D]``."""
-    r1, r2 = _split(rng, 2)
-    attn = lambda h: _self_attention(p["attn"], h, plan, bias, cfg)  # noqa: E731
-    x, _ = _sublayer(p["attn_norm"], x, attn, cfg, r1)
-    x, _ = _sublayer(p["mlp_norm"], x, lambda h: (mlp(p["mlp"], h, kind=cfg.mlp), None), cfg, r2)
-    return constrain(x, ACT_AXES)
-
-
-def _decoder_block(p, x, ctx, cfg, rng, kv=None):
-    """Causal self-attention, cross-attention and MLP. ``x: [B, T, D]``.
-
-    ``ctx`` = (self plan, self bias, (cross k, cross v), cross plan); returns ``(x, (k, v))``.
-    """
-    self_plan, self_bias, cross, cross_plan = ctx
-    r1, r2, r3 = _split(rng, 3)
-    attn = lambda h: _self_attention(p["attn"], h, self_plan, self_bias, cfg, kv)  # noqa: E731
-    x, new_kv = _sublayer(p["attn_norm"], x, attn, cfg, r1)
-    xattn = lambda h: (  # noqa: E731
-        cross_attention(p["cross_attn"], h, cross, cross_plan, scale=cfg.attn_scale),
-        None,
-    )
-    x, _ = _sublayer(p["cross_norm"], x, xattn, cfg, r2)
-    x, _ = _sublayer(p["mlp_norm"], x, lambda h: (mlp(p["mlp"], h, kind=cfg.mlp), None), cfg, r3)
-    return constrain(x, ACT_AXES), new_kv
-
-
+CAPTURES = capture_lib.SEQ2SEQ
 # ---------------------------------------------------------------------------------------------
 # Stacks
 
@@ -172,7 +55,7 @@ def _embed(params, stack_params, tokens, positions, cfg, rng):
         rows = jnp.clip(positions, 0) + cfg.position_offset
         x = x + take_rows(stack_params["pos_embed"]["table"].astype(dtype), rows, None)
     if cfg.embed_norm:
-        x = _norm(stack_params["embed_norm"], x, cfg)
+        x = norm(stack_params["embed_norm"], x, cfg)
     return constrain(dropout(x, cfg.dropout, rng), ACT_AXES)
 
 
@@ -186,7 +69,7 @@ def _relative_bias(stack_params, q_pos, k_pos, cfg, *, bidirectional):
 
 def _finish(stack_params, x, cfg, rng):
     if cfg.final_norm:
-        x = _norm(stack_params["final_norm"], x, cfg)
+        x = norm(stack_params["final_norm"], x, cfg)
     return dropout(x, cfg.dropout, rng)
 
 
@@ -220,6 +103,12 @@ def encode(
     Returns:
         ``[B, S, D]`` in ``cfg.compute_dtype`` (rows at padding are not meaningful).
     """
+    return _encode(params, inputs, input_mask, cfg, rng)[0]
+
+
+def _encode(params, inputs, input_mask, cfg, rng, capture=()):
+    """:func:`encode`, also returning the ``capture`` (``attn_probs``, ``residual``) of the
+    encoder stack as ``{name: [L_enc or L_enc + 1, ...]}``."""
     b, s = inputs.shape
     mask_ids = jnp.ones((b, s), jnp.int32) if input_mask is None else input_mask.astype(jnp.int32)
     pos = _arange(b, s)
@@ -227,15 +116,17 @@ def encode(
     plan = _plan(cfg, rule, cfg.attention_impl)
     p = params["encoder"]
     bias = _relative_bias(p, pos, pos, cfg, bidirectional=True)
-    x = _embed(params, p, inputs, pos, cfg, _fold(rng, 0))
+    x = x0 = _embed(params, p, inputs, pos, cfg, _fold(rng, 0))
 
     def body(x, layer):
         lp, i = layer
-        return _encoder_block(lp, x, plan, bias, cfg, _fold(rng, i + 1)), None
+        taps = capture_lib.layer_taps(capture)
+        return encoder_block(lp, x, plan, bias, cfg, _fold(rng, i + 1), taps), taps.captured
 
     body = remat(body, cfg.remat)
-    x, _ = jax.lax.scan(body, x, (p["layers"], jnp.arange(cfg.n_encoder_layers)))
-    return _finish(p, x, cfg, _fold(rng, cfg.n_encoder_layers + 1))
+    x, captured = jax.lax.scan(body, x, (p["layers"], jnp.arange(cfg.n_encoder_layers)))
+    x = _finish(p, x, cfg, _fold(rng, cfg.n_encoder_layers + 1))
+    return x, capture_lib.gather(x0, captured, capture)
 
 
 def _cross_plan(q_pos, input_mask, cfg, impl):
@@ -246,24 +137,31 @@ def _cross_plan(q_pos, input_mask, cfg, impl):
     return _plan(cfg, rule, impl, self_attention=False)
 
 
-def _decode(params, tokens, positions, masks, cross, cfg, rng, self_kv=None):
-    """The decoder stack and LM head: ``tokens [B, T]`` -> ``(logits [B, T, V], (k, v) | None)``.
+def _decode(
+    params, tokens, positions, masks, cross, cfg, rng, self_kv=None, capture=(), patch=None
+):
+    """The decoder stack and LM head: ``tokens [B, T]`` -> ``(logits [B, T, V], (k, v) | None,
+    captured)``.
 
     ``masks`` = (self plan, k positions for the relative bias, cross plan); ``cross`` = the
-    stacked cross-attention ``(k, v) [L, B, S, N, H]``; ``self_kv`` = (k, v, index) of a cache.
+    stacked cross-attention ``(k, v) [L, B, S, N, H]``; ``self_kv`` = (k, v, index) of a cache;
+    ``capture`` and ``patch`` as in :func:`apply` (decoder names only).
     """
     self_plan, k_pos, cross_plan = masks
     p = params["decoder"]
     bias = _relative_bias(p, positions, k_pos, cfg, bidirectional=False)
     x = _embed(params, p, tokens, positions, cfg, _fold(rng, 0))
     index = None if self_kv is None else self_kv[2]
+    x, layer_patch = capture_lib.enter(x, patch)
+    x0 = x
 
     def body(x, layer):
-        lp, ck, cv, i, kv = layer
+        lp, ck, cv, i, kv, patch_i = layer
         ctx = (self_plan, bias, (ck, cv), cross_plan)
         kv = None if kv is None else (*kv, index)
-        x, new_kv = _decoder_block(lp, x, ctx, cfg, _fold(rng, i + 1), kv)
-        return x, (None if kv is None else new_kv)
+        taps = capture_lib.layer_taps(capture, patch_i)
+        x, new_kv = decoder_block(lp, x, ctx, cfg, _fold(rng, i + 1), kv, taps)
+        return x, (None if kv is None else new_kv, taps.captured)
 
     body = remat(body, cfg.remat)
     xs = (
@@ -271,10 +169,11 @@ def _decode(params, tokens, positions, masks, cross, cfg, rng, self_kv=None):
         *cross,
         jnp.arange(cfg.n_decoder_layers),
         None if self_kv is None else self_kv[:2],
+        layer_patch,
     )
-    x, new_kv = jax.lax.scan(body, x, xs)
+    x, (new_kv, captured) = jax.lax.scan(body, x, xs)
     x = _finish(p, x, cfg, _fold(rng, cfg.n_decoder_layers + 1))
-    return _logits(params, x, cfg), new_kv
+    return _logits(params, x, cfg), new_kv, capture_lib.gather(x0, captured, capture)
 
 
 def _logits(params, x, cfg):
@@ -308,6 +207,8 @@ def apply(
     cfg: Seq2SeqConfig,
     rng: jax.Array | None = None,
     return_hidden: bool = False,
+    capture: tuple[str, ...] = (),
+    patch: dict | None = None,
 ) -> dict:
     """Runs encoder and decoder on full sequences (training and evaluation, teacher forcing).
 
@@ -319,15 +220,29 @@ def apply(
         cfg: the model config.
         rng: PRNG key enabling dropout; None for deterministic evaluation.
         return_hidden: also return the encoder output.
+        capture: names of intermediates to return (static; :data:`CAPTURES`, shapes in
+            :mod:`llmzoo.models.capture`); ``()`` compiles the same program as without it. The
+            decoder's names are the decoder kind's (``attn_probs`` its causal self-attention,
+            ``residual [L_dec + 1, B, T, D]`` ending before the final norm of T5), plus
+            ``cross_attn_probs [L_dec, B, N, T, S]``, ``encoder_attn_probs [L_enc, B, N, S, S]``
+            and ``encoder_residual [L_enc + 1, B, S, D]`` (its last row before T5's final norm).
+        patch: ``{name: (values, where)}`` patches of the decoder's ``residual``, ``attn_out``
+            (self-attention), ``mlp_out`` or ``head_out``, as in
+            :func:`llmzoo.models.decoder.apply`.
 
     Returns:
         ``{'logits': [B, T, V] float32}``, plus ``'encoder_hidden': [B, S, D]`` if
-        ``return_hidden``.
+        ``return_hidden`` and ``'captured'`` if ``capture``.
+
+    Raises:
+        ConfigError: a ``capture`` or ``patch`` name the kind does not have.
     """
+    capture = capture_lib.check_capture("seq2seq", capture, patch, CAPTURES)
+    enc_names = tuple(n.removeprefix("encoder_") for n in capture if n.startswith("encoder_"))
     input_mask = batch.get("input_mask")
     if input_mask is None:
         input_mask = jnp.ones(batch["inputs"].shape, jnp.int32)
-    enc = encode(params, batch["inputs"], input_mask, cfg=cfg, rng=_fold(rng, 0))
+    enc, enc_captured = _encode(params, batch["inputs"], input_mask, cfg, _fold(rng, 0), enc_names)
     tokens = batch["decoder_inputs"]
     pos = _arange(*tokens.shape)
     seg = batch.get("decoder_mask")
@@ -335,10 +250,16 @@ def apply(
     impl = cfg.attention_impl
     self_plan = _plan(cfg, attn_lib.MaskRule(pos, pos, seg, seg), impl)
     masks = (self_plan, pos, _cross_plan(pos, input_mask, cfg, impl))
-    logits, _ = _decode(params, tokens, pos, masks, _all_cross_kv(params, enc), cfg, _fold(rng, 1))
+    dec_names = tuple(n for n in capture if not n.startswith("encoder_"))
+    cross = _all_cross_kv(params, enc)
+    logits, _, captured = _decode(
+        params, tokens, pos, masks, cross, cfg, _fold(rng, 1), None, dec_names, patch
+    )
     out = {"logits": logits}
     if return_hidden:
         out["encoder_hidden"] = enc
+    if capture:
+        out["captured"] = captured | {f"encoder_{k}": v for k, v in enc_captured.items()}
     return out
 
 
@@ -416,7 +337,7 @@ def apply_cached(
     )
     cross = (cache["cross_k"], cache["cross_v"])
     self_kv = (cache["k"], cache["v"], index)
-    logits, (ks, vs) = _decode(params, tokens, positions, masks, cross, cfg, None, self_kv)
+    logits, (ks, vs), _ = _decode(params, tokens, positions, masks, cross, cfg, None, self_kv)
     new = {"k": ks, "v": vs, "pos": k_pos, "index": index + tokens.shape[1]}
     return logits, cache | new
 
