@@ -12,6 +12,7 @@ import os
 import sys
 import warnings
 
+from llmzoo.cli_inspect import add_inspect_parsers
 from llmzoo.cli_runs import add_run_tool_parsers
 from llmzoo.cli_study import add_compare_parser, add_embeddings_parser, data_arguments, data_config
 from llmzoo.errors import DataError, LlmzooError
@@ -368,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=_cmd_convert)
 
     add_run_tool_parsers(sub)
+    add_inspect_parsers(sub)
     return p
 
 

@@ -19,6 +19,7 @@ LAYERS = {
     "llmzoo.config_tune": 0,
     "llmzoo.params": 1,
     "llmzoo.sharding": 1,
+    "llmzoo.viz": 1,
     "llmzoo.data": 1,
     "llmzoo.layers": 2,
     "llmzoo.compress": 2,
@@ -26,6 +27,7 @@ LAYERS = {
     "llmzoo.presets": 4,
     "llmzoo.objectives": 4,
     "llmzoo.hf": 4,
+    "llmzoo.inspect": 4,
     "llmzoo.run_dir": 5,
     "llmzoo.lora_run": 5,
     "llmzoo.compress_run": 5,
@@ -40,6 +42,7 @@ LAYERS = {
     "llmzoo.cli": 8,
     "llmzoo.cli_study": 8,
     "llmzoo.cli_runs": 8,
+    "llmzoo.cli_inspect": 8,
     "llmzoo.compare": 7,
     "llmzoo.__main__": 8,
     "llmzoo": 9,  # the package __init__ re-exports the public API
