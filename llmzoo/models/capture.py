@@ -121,30 +121,20 @@ def layer_taps(capture: tuple[str, ...], patch: dict | None = None) -> Taps:
 
 
 def enter(x: jax.Array, patch: dict | None) -> tuple[jax.Array, dict]:
-    """Applies row 0 of a ``residual`` patch to the embeddings ``x`` entering block 0.
+    """Splits off row 0 of a ``[L + 1, ...]`` ``residual`` patch and applies it to the embeddings
+    ``x`` entering block 0; the other patches pass through.
 
     Returns:
-        ``(x, layer_patches)``: the (patched) embeddings and what the scan over layers slices.
-    """
-    layer_patch, first = split_patch(patch)
-    return Taps(patch=first)("residual", x), layer_patch
-
-
-def split_patch(patch: dict | None, name: str = "residual") -> tuple[dict, dict | None]:
-    """Splits the ``[L + 1, ...]`` residual patch into its row 0 (the embeddings) and the
-    ``[L, ...]`` rows that follow the blocks; the other patches pass through.
-
-    Returns:
-        ``(layer_patches, first)``: what the scan over layers slices, and ``{name: (values[0],
-        where[0])}`` or None.
+        ``(x, layer_patches)``: the (patched) embeddings and what the scan over layers slices
+        (``[L, ...]`` rows: the residual rows that follow the blocks, and the other patches).
     """
     patch = dict(patch or {})
-    if name not in patch:
-        return patch, None
-    values, where = patch.pop(name)
+    if "residual" not in patch:
+        return x, patch
+    values, where = patch.pop("residual")
     where = jnp.asarray(where, bool)
-    patch[name] = (values[1:], where[1:])
-    return patch, {name: (values[0], where[0])}
+    patch["residual"] = (values[1:], where[1:])
+    return _apply_patch(x, (values[0], where[0])), patch
 
 
 def gather(first: jax.Array | None, per_layer: dict, want: tuple[str, ...]) -> dict:

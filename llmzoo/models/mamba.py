@@ -44,7 +44,6 @@ from llmzoo.params import ParamSpec, init_params, normal, stack, with_dtype
 from llmzoo.sharding import constrain, take_rows
 
 ACT_AXES = ("batch", "seq", "embed")
-NO_TAPS = capture_lib.NO_TAPS
 CAPTURES = capture_lib.RECURRENT
 
 
