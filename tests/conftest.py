@@ -5,8 +5,15 @@ import os
 import shutil
 import tempfile
 
+# The CPU backend aborts the process when one of a collective's device threads is 40 s late
+# (XLA's default), which a loaded 2-core machine running 8 virtual devices can hit: wait longer.
+PATIENT_COLLECTIVES = (
+    "--xla_cpu_collective_call_warn_stuck_timeout_seconds=120"
+    " --xla_cpu_collective_call_terminate_timeout_seconds=900"
+)
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "")
+    + f" --xla_force_host_platform_device_count=8 {PATIENT_COLLECTIVES}"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -35,7 +35,9 @@ def _launch(args: list[str], n: int = 2) -> list[subprocess.CompletedProcess]:
     port, procs = _free_port(), []
     for i in range(n):
         env = os.environ | {
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // n}",
+            "XLA_FLAGS": re.sub(
+                r"device_count=\d+", f"device_count={8 // n}", os.environ["XLA_FLAGS"]
+            ),
             "JAX_PLATFORMS": "cpu",
             "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
             "JAX_NUM_PROCESSES": str(n),
