@@ -21,9 +21,14 @@ GATED = {"swiglu": "silu", "geglu": "gelu_tanh", "geglu_exact": "gelu"}
 
 
 def activation_fn(name: str):
-    """Returns the elementwise activation called ``name`` (see ``ACTIVATIONS``)."""
+    """Returns the elementwise activation called ``name`` (see ``ACTIVATIONS``).
+
+    Its gradient keeps only the input and recomputes the rest: differentiating GELU-tanh
+    directly saves four ``[B, T, F]`` intermediates per layer for the backward pass, the
+    largest activations of a block, where recomputing them costs a few elementwise passes.
+    """
     try:
-        return ACTIVATIONS[name]
+        return jax.checkpoint(ACTIVATIONS[name])
     except KeyError:
         raise ValueError(
             f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}"

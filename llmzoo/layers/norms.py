@@ -32,6 +32,9 @@ def norm_specs(d: int, kind: str = "layernorm", *, bias: bool = True, zero_cente
 def layer_norm(params: dict, x: jax.Array, *, eps: float = 1e-5) -> jax.Array:
     """LayerNorm (Ba et al., 2016) over the last axis, computed in float32.
 
+    Its gradient keeps only ``params`` and ``x`` and recomputes the statistics (see
+    :func:`rms_norm`).
+
     Args:
         params: ``{'scale': [D], 'bias'?: [D]}``.
         x: ``[..., D]``.
@@ -40,6 +43,10 @@ def layer_norm(params: dict, x: jax.Array, *, eps: float = 1e-5) -> jax.Array:
     Returns:
         ``[..., D]`` in the dtype of ``x``.
     """
+    return jax.checkpoint(_layer_norm, static_argnums=(2,))(params, x, eps)
+
+
+def _layer_norm(params: dict, x: jax.Array, eps: float) -> jax.Array:
     xf = x.astype(jnp.float32)
     mean = xf.mean(-1, keepdims=True)
     var = jnp.square(xf - mean).mean(-1, keepdims=True)
@@ -52,6 +59,10 @@ def layer_norm(params: dict, x: jax.Array, *, eps: float = 1e-5) -> jax.Array:
 def rms_norm(params: dict, x: jax.Array, *, eps: float = 1e-6, zero_centered=False) -> jax.Array:
     """RMSNorm (Zhang & Sennrich, 2019) over the last axis, computed in float32.
 
+    Its gradient keeps only ``params`` and ``x`` and recomputes the rest: differentiating the
+    float32 computation directly would save its ``[..., D]`` intermediates for every layer, and
+    on memory-bound hardware writing and reading them back costs more than recomputing them.
+
     Args:
         params: ``{'scale': [D]}``.
         x: ``[..., D]``.
@@ -61,6 +72,10 @@ def rms_norm(params: dict, x: jax.Array, *, eps: float = 1e-6, zero_centered=Fal
     Returns:
         ``[..., D]`` in the dtype of ``x``.
     """
+    return jax.checkpoint(_rms_norm, static_argnums=(2, 3))(params, x, eps, zero_centered)
+
+
+def _rms_norm(params: dict, x: jax.Array, eps: float, zero_centered: bool) -> jax.Array:
     xf = x.astype(jnp.float32)
     y = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + eps)
     scale = params["scale"].astype(jnp.float32)
