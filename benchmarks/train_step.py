@@ -8,11 +8,14 @@ head; Kaplan et al. 2020 / PaLM appendix B). Achieved FLOP/s are compared with a
 matmul in JAX and in torch, timed in the same run. All timed candidates are interleaved round by
 round, so that load from other processes spreads over all of them; medians are reported.
 
-The breakdown (``--breakdown``) times the loss forward, forward + backward, and the optimizer
-update alone, and prints XLA's ``cost_analysis`` FLOPs of the compiled step.
+``--unrolled`` also times the same step with ``model.scan_layers=false`` (the layers unrolled
+instead of one ``lax.scan``). The breakdown (``--breakdown``) times the loss forward, forward +
+backward, and the optimizer update alone, and prints XLA's ``cost_analysis`` FLOPs of the
+compiled step.
 
     .venv/bin/python benchmarks/train_step.py [--vocab 8192 --d-model 512 --layers 6 --heads 8]
         [--batch 8 --seq 256] [--dtype float32] [--rounds 5] [--no-compile] [--breakdown]
+        [--unrolled]
 """
 
 from __future__ import annotations
@@ -207,6 +210,9 @@ def parse_args():
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference")
     ap.add_argument("--no-torch", action="store_true", help="skip both torch references")
     ap.add_argument("--breakdown", action="store_true", help="time forward/backward/optimizer")
+    ap.add_argument(
+        "--unrolled", action="store_true", help="also time model.scan_layers=false (no lax.scan)"
+    )
     return ap.parse_args()
 
 
@@ -233,6 +239,9 @@ def main():
 
     step, train_fn, tx = llmzoo_step(cfg, params, batch)
     candidates = {"llmzoo": step, **matmul_fns()}
+    if args.unrolled:
+        unrolled = dataclasses.replace(cfg, scan_layers=False)
+        candidates["llmzoo unrolled"] = llmzoo_step(unrolled, params, batch)[0]
     if not args.no_torch:
         import copy
 
@@ -252,13 +261,13 @@ def main():
         f"matmul {MATMUL}^3: jax {peaks['jax'] / 1e9:.0f} GFLOP/s, torch "
         f"{peaks['torch'] / 1e9:.0f} GFLOP/s"
     )
-    for name in ("llmzoo", "hf eager", "hf compiled"):
+    for name in ("llmzoo", "llmzoo unrolled", "hf eager", "hf compiled"):
         if name not in times:
             continue
         t = times[name]
-        peak = peaks["jax" if name == "llmzoo" else "torch"]
+        peak = peaks["jax" if name.startswith("llmzoo") else "torch"]
         print(
-            f"{name:<12} {t * 1e3:8.1f} ms/step  {tokens / t:8,.0f} tokens/s  "
+            f"{name:<15} {t * 1e3:8.1f} ms/step  {tokens / t:8,.0f} tokens/s  "
             f"{step_flops / t / 1e9:6.1f} GFLOP/s  {step_flops / t / peak:5.1%} of its matmul"
             + ("" if name == "llmzoo" else f"  llmzoo speed-up {t / times['llmzoo']:.2f}x")
         )

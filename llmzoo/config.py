@@ -108,6 +108,10 @@ class ModelConfig:
             ``full`` (only the block's input: recompute the block) or ``dots_saveable`` (the
             matmul outputs: recompute only the cheap elementwise ops). Run configs written
             before the policies existed say ``true`` (``full``) or ``false`` (``none``).
+        scan_layers: run the layers as one ``lax.scan`` (``true``: compile time does not grow
+            with depth) or as an unrolled loop (``false``: each layer compiled on its own,
+            without the scan's stacked per-layer buffers; faster steps for shallow models on
+            CPU, at a compile time that grows with the layer count).
     """
 
     FAMILIES: ClassVar[tuple[str, ...]] = ()  # the kind's families; set by each subclass
@@ -121,6 +125,7 @@ class ModelConfig:
     dtype: str = "auto"
     param_dtype: str = "float32"
     remat: str | bool = "none"
+    scan_layers: bool = True
 
     def __post_init__(self):
         own = type(self).__dataclass_fields__["kind"].default

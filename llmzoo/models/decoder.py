@@ -27,7 +27,7 @@ from llmzoo.layers import attention as attn_lib
 from llmzoo.layers import blockwise, kv_cache, positional
 from llmzoo.layers.mlp import mlp, mlp_specs
 from llmzoo.layers.norms import apply_norm, norm_specs
-from llmzoo.layers.remat import remat
+from llmzoo.layers.remat import layer_loop
 from llmzoo.layers.residual import dropout
 from llmzoo.models import capture as capture_lib
 from llmzoo.models.decoder_cache import (
@@ -305,9 +305,8 @@ def apply(
         x, _ = _block(p, x, positions, plan, cfg, layer_rng, taps=taps)
         return x, (x if return_hidden else None, taps.captured)
 
-    body = remat(body, cfg.remat)
     xs = (params["layers"], jnp.arange(cfg.n_layers), layer_patch)
-    x, (hidden, captured) = jax.lax.scan(body, x, xs)
+    x, (hidden, captured) = layer_loop(body, x, xs, policy=cfg.remat, scan=cfg.scan_layers)
     out = _heads(params, _norm(params["final_norm"], x, cfg), segment_ids, cfg)
     if return_hidden:
         out["hidden"] = hidden

@@ -19,8 +19,8 @@ KV_CACHE_DTYPES = ("auto", "int8")
 class DecoderConfig(ModelConfig):
     """A decoder-only transformer (kind ``decoder``). Families differ only in these switches.
 
-    The shared fields (vocab_size, max_seq_len, dropout, init_std, dtype, param_dtype, remat)
-    are documented on :class:`llmzoo.config.ModelConfig`.
+    The shared fields (``remat``, ``scan_layers`` ...) are documented on
+    :class:`llmzoo.config.ModelConfig`.
 
     Attributes:
         family: ``gpt2``, ``llama``, ``mistral``, ``qwen2``, ``gemma``, ``gpt_neox`` or ``bloom``.

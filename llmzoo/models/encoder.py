@@ -22,6 +22,8 @@ E embedding width, Y token types, C labels, R relative span, P position-table ro
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,7 +34,7 @@ from llmzoo.layers import blockwise, disentangled, heads, longformer
 from llmzoo.layers.heads import cls_pool, mean_pool
 from llmzoo.layers.mlp import mlp, mlp_specs
 from llmzoo.layers.norms import layer_norm, norm_specs
-from llmzoo.layers.remat import remat
+from llmzoo.layers.remat import layer_loop
 from llmzoo.layers.residual import dropout
 from llmzoo.models import capture as capture_lib
 from llmzoo.models.encoder_config import EncoderConfig
@@ -217,12 +219,12 @@ def _stack(params, x, plan, rel, cfg, rng, return_hidden, capture=(), patch=None
         x = _block(p, x, at, rel, cfg, layer_rng, taps)
         return x, (x if return_hidden else None, taps.captured)
 
-    body = remat(body, cfg.remat)
     index, patch = jnp.arange(cfg.n_layers), patch or {}
+    loop = functools.partial(layer_loop, policy=cfg.remat, scan=cfg.scan_layers)
     if cfg.share_layers:
         shared = params["layers"]
-        return jax.lax.scan(lambda x, xs: body(x, (shared, *xs)), x, (index, patch))
-    return jax.lax.scan(body, x, (params["layers"], index, patch))
+        return loop(lambda x, xs: body(x, (shared, *xs)), x, (index, patch))
+    return loop(body, x, (params["layers"], index, patch))
 
 
 def _heads(params, x, cfg, rng) -> dict:

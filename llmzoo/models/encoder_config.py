@@ -20,8 +20,8 @@ HEADS = ("none", "mlm", "pretraining", "sequence_classification", "token_classif
 class EncoderConfig(ModelConfig):
     """A bidirectional encoder (kind ``encoder``). Families differ only in these switches.
 
-    The shared fields (vocab_size, max_seq_len, dropout, init_std, dtype, param_dtype, remat)
-    are documented on :class:`llmzoo.config.ModelConfig`; ``max_seq_len`` is the longest input,
+    The shared fields (``remat``, ``scan_layers`` ...) are documented on
+    :class:`llmzoo.config.ModelConfig`; ``max_seq_len`` is the longest input,
     whatever the position-table offset.
 
     Attributes:

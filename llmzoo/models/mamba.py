@@ -35,7 +35,7 @@ from llmzoo.config import ModelConfig, check_range
 from llmzoo.errors import ConfigError
 from llmzoo.layers import ssm
 from llmzoo.layers.norms import norm_specs, rms_norm
-from llmzoo.layers.remat import remat
+from llmzoo.layers.remat import layer_loop
 from llmzoo.layers.residual import dropout
 from llmzoo.layers.state import reset_mask
 from llmzoo.layers.state import select_rows as select_cache
@@ -190,9 +190,8 @@ def _layers(params, x, state, reset, cfg, rng, scan=None, capture=(), patch=None
         x = constrain(x + dropout(h, cfg.dropout, layer_rng), ACT_AXES)
         return taps("residual", x), (s, taps.captured)
 
-    body = remat(body, cfg.remat)
     xs = (params["layers"], state, jnp.arange(cfg.n_layers), patch or {})
-    return jax.lax.scan(body, x, xs)
+    return layer_loop(body, x, xs, policy=cfg.remat, scan=cfg.scan_layers)
 
 
 def _zero_states(cfg, batch_size):

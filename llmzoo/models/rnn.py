@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from llmzoo.config import ModelConfig, check_range
 from llmzoo.errors import ConfigError
 from llmzoo.layers import recurrent
-from llmzoo.layers.remat import remat
+from llmzoo.layers.remat import layer_loop
 from llmzoo.layers.residual import dropout
 from llmzoo.layers.state import reset_mask
 from llmzoo.layers.state import select_rows as select_cache
@@ -125,9 +125,8 @@ def _layers(params, x, state, reset, cfg, rng, capture=(), patch=None):
         h = dropout(h.astype(cfg.compute_dtype), cfg.dropout, layer_rng)
         return taps("residual", constrain(h, ACT_AXES)), (s, taps.captured)
 
-    body = remat(body, cfg.remat)
     xs = (params["layers"], state, jnp.arange(cfg.n_layers), patch or {})
-    return jax.lax.scan(body, x, xs)
+    return layer_loop(body, x, xs, policy=cfg.remat, scan=cfg.scan_layers)
 
 
 def _zero_states(cfg, batch_size):

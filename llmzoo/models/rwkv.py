@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from llmzoo.config import ModelConfig, check_range
 from llmzoo.layers import wkv
 from llmzoo.layers.norms import layer_norm, norm_specs
-from llmzoo.layers.remat import remat
+from llmzoo.layers.remat import layer_loop
 from llmzoo.layers.residual import dropout
 from llmzoo.layers.state import reset_mask
 from llmzoo.layers.state import select_rows as select_cache  # [L, B, ...] arrays
@@ -213,9 +213,8 @@ def _layers(params, x, state, reset, cfg, rng, capture=(), patch=None):
         x, s = _block(p, x, s, reset, cfg, i, rng, taps)
         return x, (s, taps.captured)
 
-    body = remat(body, cfg.remat)
     xs = (params["layers"], state, jnp.arange(cfg.n_layers), patch or {})
-    return jax.lax.scan(body, x, xs)
+    return layer_loop(body, x, xs, policy=cfg.remat, scan=cfg.scan_layers)
 
 
 def _zero_states(cfg: RwkvConfig, batch_size: int) -> dict:

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from llmzoo.layers import attention as attn_lib
 from llmzoo.layers import blockwise, positional
 from llmzoo.layers.cross_attention import cross_kv
-from llmzoo.layers.remat import remat
+from llmzoo.layers.remat import layer_loop
 from llmzoo.layers.residual import dropout
 from llmzoo.models import capture as capture_lib
 from llmzoo.models.seq2seq_blocks import decoder_block, encoder_block, norm
@@ -123,8 +123,8 @@ def _encode(params, inputs, input_mask, cfg, rng, capture=()):
         taps = capture_lib.layer_taps(capture)
         return encoder_block(lp, x, plan, bias, cfg, _fold(rng, i + 1), taps), taps.captured
 
-    body = remat(body, cfg.remat)
-    x, captured = jax.lax.scan(body, x, (p["layers"], jnp.arange(cfg.n_encoder_layers)))
+    xs = (p["layers"], jnp.arange(cfg.n_encoder_layers))
+    x, captured = layer_loop(body, x, xs, policy=cfg.remat, scan=cfg.scan_layers)
     x = _finish(p, x, cfg, _fold(rng, cfg.n_encoder_layers + 1))
     return x, capture_lib.gather(x0, captured, capture)
 
@@ -163,7 +163,6 @@ def _decode(
         x, new_kv = decoder_block(lp, x, ctx, cfg, _fold(rng, i + 1), kv, taps)
         return x, (None if kv is None else new_kv, taps.captured)
 
-    body = remat(body, cfg.remat)
     xs = (
         p["layers"],
         *cross,
@@ -171,7 +170,7 @@ def _decode(
         None if self_kv is None else self_kv[:2],
         layer_patch,
     )
-    x, (new_kv, captured) = jax.lax.scan(body, x, xs)
+    x, (new_kv, captured) = layer_loop(body, x, xs, policy=cfg.remat, scan=cfg.scan_layers)
     x = _finish(p, x, cfg, _fold(rng, cfg.n_decoder_layers + 1))
     return _logits(params, x, cfg), new_kv, capture_lib.gather(x0, captured, capture)
 

@@ -24,8 +24,8 @@ CHOICES = {
 class Seq2SeqConfig(ModelConfig):
     """An encoder-decoder transformer (kind ``seq2seq``). Families differ only in these switches.
 
-    The shared fields (vocab_size, max_seq_len, dropout, init_std, dtype, param_dtype, remat)
-    are documented on :class:`llmzoo.config.ModelConfig`. The defaults are T5 v1.0 small.
+    The shared fields (``remat``, ``scan_layers`` ...) are documented on
+    :class:`llmzoo.config.ModelConfig`. The defaults are T5 v1.0 small.
 
     Attributes:
         family: ``t5`` or ``bart``.
