@@ -179,45 +179,33 @@ def attention_weights(
     logits = _scores(q, k) * scale
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
+    return _softmax(logits, mask)
+
+
+@jax.custom_vjp
+def _softmax(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Softmax over the last axis, over the keys ``mask`` allows (None: every key); a row that
+    allows none is all 0 (rather than the average of every value)."""
     if mask is None:
-        return _softmax(logits)
-    return _masked_softmax(logits, mask)
-
-
-@jax.custom_vjp
-def _softmax(logits: jax.Array) -> jax.Array:
-    """Softmax over the last axis whose backward keeps only its output (see ``_softmax_bwd``)."""
-    return jax.nn.softmax(logits, axis=-1)
-
-
-@jax.custom_vjp
-def _masked_softmax(logits: jax.Array, mask: jax.Array) -> jax.Array:
-    """Softmax over the keys ``mask`` allows; a row that allows none is all 0 (rather than the
-    average of every value)."""
+        return jax.nn.softmax(logits, axis=-1)
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
     return jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)
 
 
-def _softmax_bwd(probs: jax.Array, g: jax.Array) -> jax.Array:
+def _softmax_fwd(logits, mask):
+    probs = _softmax(logits, mask)
+    return probs, probs
+
+
+def _softmax_bwd(probs: jax.Array, g: jax.Array) -> tuple[jax.Array, None]:
     """``d logits = p * (g - sum(g * p))``: the only residual is ``probs``, one ``[B, N, T, S]``
     array, where autodiff of the forward keeps the shifted logits and their exponentials too.
     Masked keys and empty rows have ``p = 0``, hence zero gradient, as in the forward."""
-    return probs * (g - jnp.sum(g * probs, axis=-1, keepdims=True))
+    return probs * (g - jnp.sum(g * probs, axis=-1, keepdims=True)), None
 
 
-def _softmax_fwd(logits):
-    probs = _softmax(logits)
-    return probs, probs
-
-
-def _masked_softmax_fwd(logits, mask):
-    probs = _masked_softmax(logits, mask)
-    return probs, probs
-
-
-_softmax.defvjp(_softmax_fwd, lambda probs, g: (_softmax_bwd(probs, g),))
-_masked_softmax.defvjp(_masked_softmax_fwd, lambda probs, g: (_softmax_bwd(probs, g), None))
+_softmax.defvjp(_softmax_fwd, _softmax_bwd)
 
 
 def _scores(q: jax.Array, k: jax.Array) -> jax.Array:

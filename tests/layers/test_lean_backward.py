@@ -151,9 +151,9 @@ def test_masked_softmax_gradient_is_zero_where_masked_and_keeps_only_the_probabi
     for got, want in zip((dq, dk), jax.vjp(plain, q, k)[1](g), strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5)
     logits = jax.random.normal(jax.random.key(3), (b, n, t, t))
-    lean = _residual_bytes(lambda x: attention._masked_softmax(x, mask), logits)
+    lean = _residual_bytes(lambda x: attention._softmax(x, mask), logits)
     assert lean == logits.nbytes  # the probabilities alone
-    assert _residual_bytes(lambda x: attention._softmax(x), logits) == logits.nbytes
+    assert _residual_bytes(lambda x: attention._softmax(x, None), logits) == logits.nbytes
 
 
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
