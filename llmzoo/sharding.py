@@ -241,6 +241,25 @@ def param_shardings(specs, mesh, rules=RULES):
     )
 
 
+def activation_spec(shape: tuple[int, ...], logical_axes: tuple[str | None, ...]):
+    """The ``PartitionSpec`` of an activation of ``shape`` under the current mesh and rules.
+
+    Returns None outside ``jax.set_mesh(...)``. A dimension that does not divide its mesh axes
+    gets None (unsharded). The rules are those of the enclosing :func:`use_mesh` (default
+    :data:`RULES`).
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty:
+        return None
+    spec = logical_to_spec(logical_axes, mesh, _rules.get())
+    return PartitionSpec(
+        *(
+            None if entry is None or dim % _axis_size(mesh, entry) else entry
+            for dim, entry in zip(shape, spec, strict=False)
+        )
+    )
+
+
 def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:
     """Constrains an activation's sharding by logical names, if a mesh is set.
 

@@ -19,8 +19,11 @@ A model chooses its implementation with ``model.attention_impl`` (:data:`ATTENTI
 - ``cudnn``: ``jax.nn.dot_product_attention(implementation='cudnn')`` (fused flash attention;
   the boolean mask is still materialised and passed to it). Where it cannot run (no GPU, float32,
   an unsupported head width, an odd length) it falls back to ``blockwise`` with a one-time warning.
-- ``auto``: ``cudnn`` where it can run, else ``blockwise`` from :data:`AUTO_BLOCKWISE_MIN_LEN`
-  keys on, else ``dense``.
+- ``splash``: the Pallas splash-attention kernel on TPU (:mod:`llmzoo.layers.fused`; no mask is
+  materialised). Where it cannot run (not a TPU, ALiBi, lengths not divisible by 128) it falls
+  back to ``blockwise`` with a one-time warning.
+- ``auto``: ``cudnn`` or ``splash`` where one can run, else ``blockwise`` from
+  :data:`AUTO_BLOCKWISE_MIN_LEN` keys on, else ``dense``.
 
 Models build an :class:`AttentionPlan` once per forward pass (outside the scan over layers) with
 :func:`plan_attention`, and every layer calls :func:`attend` with it.
@@ -37,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from llmzoo.errors import ConfigError
+from llmzoo.layers import fused
 from llmzoo.layers.attention import (
     MaskRule,
     attention_mask,
@@ -45,7 +49,7 @@ from llmzoo.layers.attention import (
 )
 from llmzoo.layers.positional import alibi_bias
 
-ATTENTION_IMPLS = ("dense", "blockwise", "cudnn", "auto")
+ATTENTION_IMPLS = ("dense", "blockwise", "cudnn", "splash", "auto")
 AUTO_BLOCKWISE_MIN_LEN = 2048  # ``auto`` leaves ``dense`` from this many keys on
 DEFAULT_BLOCK = 512
 _NEG = float(jnp.finfo(jnp.float32).min)
@@ -259,13 +263,13 @@ def check_attention_impl(impl: str, *, dense_bias: str | None = None) -> None:
             buckets, DeBERTa's disentangled terms), which only ``dense`` computes; None if none.
 
     Raises:
-        ConfigError: an unknown value, or ``blockwise``/``cudnn`` with a dense bias.
+        ConfigError: an unknown value, or ``blockwise``/``cudnn``/``splash`` with a dense bias.
     """
     if impl not in ATTENTION_IMPLS:
         raise ConfigError(
             f"model.attention_impl={impl!r} is unknown; use one of {', '.join(ATTENTION_IMPLS)}"
         )
-    if dense_bias and impl in ("blockwise", "cudnn"):
+    if dense_bias and impl in ("blockwise", "cudnn", "splash"):
         raise ConfigError(
             f"model.attention_impl={impl!r} cannot compute {dense_bias}, a learned [B, N, T, S] "
             "bias; use model.attention_impl=dense (or auto, which picks dense for this model)"
@@ -278,31 +282,38 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def _cudnn_problem(dtype, head_dim: int, t: int, s: int) -> str | None:
-    """Why cuDNN flash attention cannot serve these inputs, or None if it can."""
-    if jax.default_backend() not in ("gpu", "cuda"):
-        return f"the {jax.default_backend()} backend has no cuDNN"
-    if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
-        return f"cuDNN attention needs bfloat16 or float16, not {jnp.dtype(dtype).name}"
-    if head_dim % 8 or head_dim > 128:
-        return f"cuDNN attention needs a head width H <= 128 and a multiple of 8, not {head_dim}"
-    if t % 2 or s % 2:
-        return f"cuDNN attention with a mask needs even lengths, not T={t}, S={s}"
-    return None
+def resolve_impl(
+    impl: str,
+    *,
+    dtype: str | jnp.dtype,
+    head_dim: int,
+    t: int,
+    s: int,
+    rule: MaskRule | None = None,
+    alibi: bool = False,
+) -> str:
+    """The implementation that will run: ``dense``, ``blockwise``, ``cudnn`` or ``splash``.
 
-
-def resolve_impl(impl: str, *, dtype: str | jnp.dtype, head_dim: int, t: int, s: int) -> str:
-    """The implementation that will run: ``dense``, ``blockwise`` or ``cudnn`` (see module doc).
-
-    ``cudnn`` where cuDNN cannot run falls back to ``blockwise`` with a one-time warning.
+    ``cudnn`` or ``splash`` where it cannot run falls back to ``blockwise`` with a one-time
+    warning (see the module doc). ``splash`` needs the mask ``rule``; without one it cannot run.
     """
-    problem = _cudnn_problem(dtype, head_dim, t, s) if impl in ("cudnn", "auto") else None
-    if impl == "cudnn" and problem:
-        _warn_once(f"model.attention_impl='cudnn': {problem}; using blockwise attention instead")
-        return "blockwise"
+    problems = {
+        "cudnn": lambda: fused.cudnn_problem(dtype, head_dim, t, s),
+        "splash": lambda: (
+            "no mask rule" if rule is None else fused.splash_problem(rule, alibi=alibi)
+        ),
+    }
+    if impl in problems:
+        problem = problems[impl]()
+        if problem:
+            _warn_once(
+                f"model.attention_impl={impl!r}: {problem}; using blockwise attention instead"
+            )
+            return "blockwise"
     if impl == "auto":
-        if problem is None:
-            return "cudnn"
+        for fast, problem in problems.items():
+            if problem() is None:
+                return fast
         return "blockwise" if s >= AUTO_BLOCKWISE_MIN_LEN else "dense"
     return impl
 
@@ -313,12 +324,12 @@ class AttentionPlan:
     """How every layer of one forward pass attends; from :func:`plan_attention`.
 
     Attributes:
-        impl: ``dense``, ``blockwise`` or ``cudnn`` (resolved; static).
+        impl: ``dense``, ``blockwise``, ``cudnn`` or ``splash`` (resolved; static).
         block_size: the blockwise block size (static).
         rule: the mask rule.
         mask: ``[B, 1, T, S]`` bool (dense and cudnn only, else None).
         bias: ``[B, N, T, S]`` float32 ALiBi bias (dense and cudnn only, else None).
-        alibi_slopes: ``[N]`` (blockwise only, else None).
+        alibi_slopes: ``[N]`` (blockwise only, else None; splash takes no ALiBi).
     """
 
     impl: str = dataclasses.field(metadata=dict(static=True))
@@ -350,26 +361,20 @@ def plan_attention(
             :data:`DEFAULT_BLOCK`, read at call time).
 
     Returns:
-        An :class:`AttentionPlan`: dense and cudnn hold the materialised mask (and ALiBi bias).
+        An :class:`AttentionPlan`: dense and cudnn hold the materialised mask (and ALiBi bias),
+        blockwise and splash only the rule.
     """
     t, s = rule.q_pos.shape[1], rule.k_pos.shape[1]
     block_size = DEFAULT_BLOCK if block_size is None else block_size
-    impl = resolve_impl(impl, dtype=dtype, head_dim=head_dim, t=t, s=s)
+    alibi = alibi_slopes is not None
+    impl = resolve_impl(impl, dtype=dtype, head_dim=head_dim, t=t, s=s, rule=rule, alibi=alibi)
+    if impl == "splash":
+        return AttentionPlan(impl, block_size, rule)
     if impl == "blockwise":
         slopes = None if alibi_slopes is None else jnp.asarray(alibi_slopes, _F32)
         return AttentionPlan(impl, block_size, rule, alibi_slopes=slopes)
     bias = None if alibi_slopes is None else alibi_bias(alibi_slopes, rule.q_pos, rule.k_pos)
     return AttentionPlan(impl, block_size, rule, rule.dense_mask(), bias)
-
-
-def _cudnn_attention(q, k, v, mask, bias, scale):
-    """``jax.nn.dot_product_attention`` on cuDNN; rows that see no key give 0, as elsewhere."""
-    bias = None if bias is None else bias.astype(q.dtype)
-    out = jax.nn.dot_product_attention(
-        q, k, v, bias=bias, mask=mask, scale=scale, implementation="cudnn"
-    )
-    seen = jnp.any(mask, axis=-1)  # [B, 1, T]
-    return jnp.where(jnp.moveaxis(seen, 1, 2)[..., None], out, 0).astype(q.dtype)
 
 
 def attend(
@@ -409,10 +414,12 @@ def attend(
             block_q=size,
             block_k=size,
         )
+    if plan.impl == "splash":
+        return fused.splash_attention(q, k, v, plan.rule, scale=scale)
     if plan.bias is not None:
         bias = plan.bias if bias is None else plan.bias + bias
     if plan.impl == "cudnn":
-        return _cudnn_attention(q, k, v, plan.mask, bias, scale)
+        return fused.cudnn_attention(q, k, v, plan.mask, bias, scale)
     return dot_product_attention(q, k, v, mask=plan.mask, bias=bias, scale=scale)
 
 

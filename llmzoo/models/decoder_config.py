@@ -49,8 +49,8 @@ class DecoderConfig(ModelConfig):
             kind ``norm`` before the first block (BLOOM's ``word_embeddings_layernorm``).
         attn_scale: logit scale override (default H ** -0.5).
         init_std: init std; output projections use ``init_std / sqrt(2 L)`` (GPT-2).
-        attention_impl: ``dense``, ``blockwise`` (O(T) memory), ``cudnn`` or ``auto``; see
-            :mod:`llmzoo.layers.blockwise`. Decoding with a KV cache uses its own loop over the
+        attention_impl: ``dense``, ``blockwise`` (O(T) memory), ``cudnn``, ``splash`` or ``auto``;
+            see :mod:`llmzoo.layers.blockwise`. Decoding with a KV cache uses its own loop over the
             filled slots (:mod:`llmzoo.layers.kv_cache`).
         head: what the final states feed: ``lm`` (next-token logits), ``sequence_classification``
             (``score/w [D, C]`` on each row's last real token; a reward model has C = 1) or

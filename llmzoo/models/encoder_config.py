@@ -54,8 +54,8 @@ class EncoderConfig(ModelConfig):
             and ``sequence_classification``).
         pooler_activation: its activation (``tanh``; DeBERTa: ``gelu``).
         mlm_activation: the activation of the MLM head's transform (RoBERTa: always ``gelu``).
-        attention_impl: ``dense``, ``blockwise`` (O(T) memory), ``cudnn`` or ``auto``; see
-            :mod:`llmzoo.layers.blockwise`. DeBERTa's relative attention runs ``dense`` only.
+        attention_impl: ``dense``, ``blockwise`` (O(T) memory), ``cudnn``, ``splash`` or ``auto``;
+            see :mod:`llmzoo.layers.blockwise`. DeBERTa's relative attention runs ``dense`` only.
         attention_window: Longformer's local + global attention (:mod:`llmzoo.layers.longformer`,
             memory linear in T): each token sees ``window / 2`` tokens on either side plus the
             global tokens of ``batch['global_mask']``. One even int, or one per layer; None:

@@ -52,8 +52,8 @@ class Seq2SeqConfig(ModelConfig):
         attn_scale: logit scale override (None: H ** -0.5; T5 uses 1.0).
         pad_id, eos_id: the padding and end-of-sequence ids.
         decoder_start_id: the first decoder input (T5: the pad id 0; BART: the eos id 2).
-        attention_impl: ``dense``, ``blockwise`` (O(T) memory), ``cudnn`` or ``auto``; see
-            :mod:`llmzoo.layers.blockwise`. T5's relative bias needs ``dense`` self-attention
+        attention_impl: ``dense``, ``blockwise`` (O(T) memory), ``cudnn``, ``splash`` or ``auto``;
+            see :mod:`llmzoo.layers.blockwise`. T5's relative bias needs ``dense`` self-attention
             (``auto`` then changes cross-attention only); cached decoding runs ``dense``.
     """
 

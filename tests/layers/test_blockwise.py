@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from llmzoo.errors import ConfigError
-from llmzoo.layers import blockwise
+from llmzoo.layers import blockwise, fused
 from llmzoo.layers.attention import MaskRule, dot_product_attention
 from llmzoo.layers.blockwise import attend, blockwise_attention, plan_attention, resolve_impl
 from llmzoo.layers.positional import alibi_bias, alibi_slopes
@@ -176,7 +176,7 @@ def test_resolve_impl_on_cpu(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("alibi", [False, True], ids=["plain", "alibi"])
 def test_cudnn_matches_dense_on_gpu(alibi):
-    if blockwise._cudnn_problem("bfloat16", 64, 16, 16) is not None:
+    if fused.cudnn_problem("bfloat16", 64, 16, 16) is not None:
         pytest.skip("needs cuDNN flash attention (a GPU)")
     q, k, v = (x.astype(jnp.bfloat16) for x in _qkv(t=16, s=16, h=64, seed=8))
     pos = jnp.array([[-1, -1, *range(14)], list(range(16))])
