@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from llmzoo.layers.attention import MaskRule, attention_mask
 from llmzoo.layers.positional import alibi_bias
+from llmzoo.layers.quant import symmetric_round
 
 DECODE_BLOCK = 256  # keys per block of :func:`prefix_attention`
 _NEG = float(jnp.finfo(jnp.float32).min)
@@ -75,10 +76,8 @@ def quantize_slots(x: jax.Array) -> Int8Slots:
     Each entry's error is at most half its scale (``max |x| / 254`` over H); an all-zero entry
     gets scale 0 and values 0.
     """
-    x = x.astype(_F32)
-    scale = jnp.max(jnp.abs(x), axis=-1) / INT8_MAX
-    q = jnp.round(x / jnp.where(scale > 0, scale, 1.0)[..., None])
-    return Int8Slots(jnp.clip(q, -INT8_MAX, INT8_MAX).astype(jnp.int8), scale)
+    q, scale = symmetric_round(x, -1, INT8_MAX)
+    return Int8Slots(q, scale[..., 0])
 
 
 def _write(cache, x: jax.Array, index: jax.Array):

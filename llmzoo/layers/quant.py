@@ -106,6 +106,20 @@ def n_groups(fan_in: int, group_size: int | None) -> int:
     return fan_in // group_size
 
 
+def symmetric_round(x: jax.Array, axis: int, qmax: int) -> tuple[jax.Array, jax.Array]:
+    """Symmetric round to nearest of ``x`` with one scale per slice along ``axis``.
+
+    Returns:
+        ``(q, scale)``: int8 ``q`` of ``x``'s shape in ``[-qmax, qmax]``, and float32 ``scale =
+        max |x| / qmax`` over ``axis`` (kept as a size-1 dim), so ``|x - scale * q| <= scale / 2``.
+        A slice of zeros gets scale 0 and values 0.
+    """
+    x = x.astype(jnp.float32)
+    scale = jnp.max(jnp.abs(x), axis=axis, keepdims=True) / qmax
+    q = jnp.round(x / jnp.where(scale > 0, scale, 1.0))
+    return jnp.clip(q, -qmax, qmax).astype(jnp.int8), scale
+
+
 def quantize(
     w: jax.Array, *, bits: int, group_size: int | None = None, n_in: int = 1, stack: int = 0
 ) -> QuantArray:
@@ -129,10 +143,8 @@ def quantize(
     if bits == 4 and ins[-1] % 2:
         raise ValueError(f"4-bit packing needs an even last input dim, not {ins[-1]} ({shape})")
     g = n_groups(math.prod(ins), group_size)
-    w32 = w.astype(jnp.float32).reshape(*lead, g, -1, *outs)
-    scale = jnp.max(jnp.abs(w32), axis=stack + 1, keepdims=True) / QMAX[bits]
-    safe = jnp.where(scale > 0, scale, 1.0)
-    q = jnp.clip(jnp.round(w32 / safe), -QMAX[bits], QMAX[bits]).astype(jnp.int8).reshape(shape)
+    q, scale = symmetric_round(w.reshape(*lead, g, -1, *outs), stack + 1, QMAX[bits])
+    q = q.reshape(shape)
     values = q if bits == 8 else pack_int4(q, stack + n_in - 1)
     return QuantArray(
         values,
@@ -198,6 +210,7 @@ __all__ = [
     "QuantArray",
     "n_groups",
     "quantize",
+    "symmetric_round",
     "pack_int4",
     "unpack_int4",
     "quant_einsum",
