@@ -11,7 +11,7 @@ import jax
 
 from llmzoo.layers import linear
 from llmzoo.layers.attention import out_projection
-from llmzoo.layers.blockwise import AttentionPlan, attend
+from llmzoo.layers.attention_impl import AttentionPlan, attend
 
 
 def project_heads(params: dict, x: jax.Array, weight: str, bias: str) -> jax.Array:
@@ -39,7 +39,7 @@ def cross_attention(
         params: attention params (``wq``, ``wo`` and their biases are used here).
         x: ``[B, T, D]`` decoder states.
         kv: ``([B, S, N, H], [B, S, N, H])``.
-        plan: from :func:`llmzoo.layers.blockwise.plan_attention` (the encoder padding mask).
+        plan: from :func:`llmzoo.layers.attention_impl.plan_attention` (the encoder padding mask).
         scale: logit scale, default ``H ** -0.5``.
 
     Returns:

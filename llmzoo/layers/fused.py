@@ -1,9 +1,9 @@
 """The backends' fused attention kernels: cuDNN on GPU and Pallas splash attention on TPU.
 
 Both are reached through ``model.attention_impl`` (the switch is in
-:mod:`llmzoo.layers.blockwise`). Each has a ``*_problem`` function that names why it cannot serve
-given inputs (None if it can), so the switch falls back to blockwise attention with a one-time
-warning instead of failing.
+:mod:`llmzoo.layers.attention_impl`). Each has a ``*_problem`` function that names why it cannot
+serve given inputs (None if it can), so the switch falls back to blockwise attention with a
+one-time warning instead of failing.
 
 **Splash attention** is the kernel of ``jax.experimental.pallas.ops.tpu.splash_attention``, as
 MaxText uses it: flash attention whose static mask (causal, a local window, or full) is known

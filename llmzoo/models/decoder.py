@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from llmzoo.errors import DataError
 from llmzoo.layers import attention as attn_lib
-from llmzoo.layers import blockwise, kv_cache, positional
+from llmzoo.layers import attention_impl, kv_cache, positional
 from llmzoo.layers.mlp import mlp, mlp_specs
 from llmzoo.layers.norms import apply_norm, norm_specs
 from llmzoo.layers.remat import layer_loop
@@ -129,9 +129,9 @@ def _attention(p, x, positions, plan, cfg, kv, taps=NO_TAPS):
     if kv is not None:  # decoding: write the new keys, attend over the filled slots
         o, (k, v) = kv_cache.cached_attention(q, k, v, kv, plan, scale=cfg.attn_scale)
     else:
-        o = blockwise.attend(q, k, v, plan, scale=cfg.attn_scale)
+        o = attention_impl.attend(q, k, v, plan, scale=cfg.attn_scale)
         if taps.needs("attn_probs"):
-            taps("attn_probs", blockwise.attention_probs(q, k, plan, scale=cfg.attn_scale))
+            taps("attn_probs", attention_impl.attention_probs(q, k, plan, scale=cfg.attn_scale))
     o = taps("head_out", o)
     return taps("attn_out", attn_lib.out_projection(p, o)), (k, v)
 
@@ -225,7 +225,7 @@ def _heads(params, h, segment_ids, cfg) -> dict:
 def _plan(cfg, rule, impl):
     """The attention plan of one forward pass (mask, ALiBi) for ``impl``."""
     slopes = positional.alibi_slopes(cfg.n_heads) if cfg.position == "alibi" else None
-    return blockwise.plan_attention(
+    return attention_impl.plan_attention(
         rule, impl=impl, dtype=cfg.compute_dtype, head_dim=cfg.dim_per_head, alibi_slopes=slopes
     )
 

@@ -9,7 +9,7 @@ import dataclasses
 
 from llmzoo.config import ModelConfig, RopeScaling, check_range
 from llmzoo.errors import ConfigError
-from llmzoo.layers import blockwise
+from llmzoo.layers import attention_impl
 
 HEADS = ("lm", "sequence_classification", "token_classification")
 KV_CACHE_DTYPES = ("auto", "int8")
@@ -50,8 +50,8 @@ class DecoderConfig(ModelConfig):
         attn_scale: logit scale override (default H ** -0.5).
         init_std: init std; output projections use ``init_std / sqrt(2 L)`` (GPT-2).
         attention_impl: ``dense``, ``blockwise`` (O(T) memory), ``cudnn``, ``splash`` or ``auto``;
-            see :mod:`llmzoo.layers.blockwise`. Decoding with a KV cache uses its own loop over the
-            filled slots (:mod:`llmzoo.layers.kv_cache`).
+            see :mod:`llmzoo.layers.attention_impl`. Decoding with a KV cache uses its own loop
+            over the filled slots (:mod:`llmzoo.layers.kv_cache`).
         head: what the final states feed: ``lm`` (next-token logits), ``sequence_classification``
             (``score/w [D, C]`` on each row's last real token; a reward model has C = 1) or
             ``token_classification`` (``score/{w, b}`` on every token), as Hugging Face's
@@ -120,7 +120,7 @@ class DecoderConfig(ModelConfig):
             )
         if self.norm not in ("layernorm", "rmsnorm"):
             raise ConfigError(f"model.norm={self.norm!r} is unknown; use layernorm or rmsnorm")
-        blockwise.check_attention_impl(self.attention_impl)
+        attention_impl.check_attention_impl(self.attention_impl)
         if self.head not in HEADS:
             raise ConfigError(f"model.head={self.head!r} is unknown; use {', '.join(HEADS)}")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:

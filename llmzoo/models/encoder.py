@@ -30,7 +30,7 @@ import numpy as np
 
 from llmzoo.errors import DataError
 from llmzoo.layers import attention as attn_lib
-from llmzoo.layers import blockwise, disentangled, heads, longformer
+from llmzoo.layers import attention_impl, disentangled, heads, longformer
 from llmzoo.layers.heads import cls_pool, mean_pool
 from llmzoo.layers.mlp import mlp, mlp_specs
 from llmzoo.layers.norms import layer_norm, norm_specs
@@ -181,10 +181,10 @@ def _head_outputs(p, x, plan, rel, cfg, with_probs):
         proj = p["attn"] if cfg.share_att_key else p["pos_proj"]
         rel_q, rel_k = disentangled.project_relative(proj, table, cfg.pos_att_type)
         bias = disentangled.disentangled_bias(q, k, rel_q, rel_k, index) * scale
-    o = blockwise.attend(q, k, v, plan, bias=bias, scale=scale)
+    o = attention_impl.attend(q, k, v, plan, bias=bias, scale=scale)
     if not with_probs:
         return o, None
-    return o, blockwise.attention_probs(q, k, plan, bias=bias, scale=scale)
+    return o, attention_impl.attention_probs(q, k, plan, bias=bias, scale=scale)
 
 
 def _attention(p, x, plan, rel, cfg, taps=NO_TAPS):
@@ -260,7 +260,7 @@ def _plan(positions, segment_ids, global_mask, cfg):
     k_pos = positions if segment_ids is None else jnp.where(segment_ids != 0, positions, -1)
     rule = attn_lib.MaskRule(positions, k_pos, segment_ids, segment_ids, causal=False)
     impl = "dense" if cfg.relative_attention else cfg.attention_impl
-    return blockwise.plan_attention(
+    return attention_impl.plan_attention(
         rule, impl=impl, dtype=cfg.compute_dtype, head_dim=cfg.dim_per_head
     )
 

@@ -9,7 +9,7 @@ import dataclasses
 
 from llmzoo.config import ModelConfig, check_range
 from llmzoo.errors import ConfigError
-from llmzoo.layers import blockwise, disentangled
+from llmzoo.layers import attention_impl, disentangled
 from llmzoo.layers.heads import POOLER_ACTIVATIONS
 from llmzoo.layers.mlp import ACTIVATIONS
 
@@ -55,7 +55,8 @@ class EncoderConfig(ModelConfig):
         pooler_activation: its activation (``tanh``; DeBERTa: ``gelu``).
         mlm_activation: the activation of the MLM head's transform (RoBERTa: always ``gelu``).
         attention_impl: ``dense``, ``blockwise`` (O(T) memory), ``cudnn``, ``splash`` or ``auto``;
-            see :mod:`llmzoo.layers.blockwise`. DeBERTa's relative attention runs ``dense`` only.
+            see :mod:`llmzoo.layers.attention_impl`. DeBERTa's relative attention runs ``dense``
+            only.
         attention_window: Longformer's local + global attention (:mod:`llmzoo.layers.longformer`,
             memory linear in T): each token sees ``window / 2`` tokens on either side plus the
             global tokens of ``batch['global_mask']``. One even int, or one per layer; None:
@@ -116,7 +117,7 @@ class EncoderConfig(ModelConfig):
             )
         self._check_choices()
         rel = "DeBERTa's disentangled relative attention" if self.relative_attention else None
-        blockwise.check_attention_impl(self.attention_impl, dense_bias=rel)
+        attention_impl.check_attention_impl(self.attention_impl, dense_bias=rel)
 
     def _check_window(self):
         window = self.attention_window

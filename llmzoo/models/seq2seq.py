@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from llmzoo.layers import attention as attn_lib
-from llmzoo.layers import blockwise, positional
+from llmzoo.layers import attention_impl, positional
 from llmzoo.layers.cross_attention import cross_kv
 from llmzoo.layers.remat import layer_loop
 from llmzoo.layers.residual import dropout
@@ -85,7 +85,7 @@ def _plan(cfg, rule, impl, *, self_attention=True):
     """An attention plan; T5's relative bias keeps self-attention dense."""
     if self_attention and cfg.position == "relative":
         impl = "dense"
-    return blockwise.plan_attention(
+    return attention_impl.plan_attention(
         rule, impl=impl, dtype=cfg.compute_dtype, head_dim=cfg.dim_per_head
     )
 

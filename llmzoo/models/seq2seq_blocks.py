@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 
 from llmzoo.layers import attention as attn_lib
-from llmzoo.layers import blockwise
+from llmzoo.layers import attention_impl
 from llmzoo.layers.cross_attention import cross_attention, project_heads
 from llmzoo.layers.mlp import mlp
 from llmzoo.layers.norms import apply_norm
@@ -47,9 +47,9 @@ def _self_attention(p, x, plan, bias, cfg, kv=None, taps=NO_TAPS):
     if kv is not None:
         cache_k, cache_v, index = kv
         k, v = attn_lib.update_kv_cache(cache_k, cache_v, k, v, index)
-    o = blockwise.attend(q, k, v, plan, bias=bias, scale=cfg.attn_scale)
+    o = attention_impl.attend(q, k, v, plan, bias=bias, scale=cfg.attn_scale)
     if taps.needs("attn_probs"):
-        probs = blockwise.attention_probs(q, k, plan, bias=bias, scale=cfg.attn_scale)
+        probs = attention_impl.attention_probs(q, k, plan, bias=bias, scale=cfg.attn_scale)
         taps("attn_probs", probs)
     o = taps("head_out", o)
     return taps("attn_out", attn_lib.out_projection(p, o)), (k, v)
@@ -61,8 +61,8 @@ def _cross_attention(p, x, kv, plan, cfg, taps):
     if not taps.needs("cross_attn_probs"):
         return cross_attention(p, x, kv, plan, scale=cfg.attn_scale), None
     q = project_heads(p, x, "wq", "bq")
-    taps("cross_attn_probs", blockwise.attention_probs(q, kv[0], plan, scale=cfg.attn_scale))
-    o = blockwise.attend(q, *kv, plan, scale=cfg.attn_scale)
+    taps("cross_attn_probs", attention_impl.attention_probs(q, kv[0], plan, scale=cfg.attn_scale))
+    o = attention_impl.attend(q, *kv, plan, scale=cfg.attn_scale)
     return attn_lib.out_projection(p, o), None
 
 

@@ -9,7 +9,7 @@ import dataclasses
 
 from llmzoo.config import ModelConfig, check_range
 from llmzoo.errors import ConfigError
-from llmzoo.layers import blockwise
+from llmzoo.layers import attention_impl
 from llmzoo.layers.mlp import ACTIVATIONS, GATED
 
 CHOICES = {
@@ -53,8 +53,9 @@ class Seq2SeqConfig(ModelConfig):
         pad_id, eos_id: the padding and end-of-sequence ids.
         decoder_start_id: the first decoder input (T5: the pad id 0; BART: the eos id 2).
         attention_impl: ``dense``, ``blockwise`` (O(T) memory), ``cudnn``, ``splash`` or ``auto``;
-            see :mod:`llmzoo.layers.blockwise`. T5's relative bias needs ``dense`` self-attention
-            (``auto`` then changes cross-attention only); cached decoding runs ``dense``.
+            see :mod:`llmzoo.layers.attention_impl`. T5's relative bias needs ``dense``
+            self-attention (``auto`` then changes cross-attention only); cached decoding runs
+            ``dense``.
     """
 
     FAMILIES = ("t5", "bart")
@@ -113,7 +114,7 @@ class Seq2SeqConfig(ModelConfig):
                     f"model.{key}={getattr(self, key)!r} is unknown; use {', '.join(allowed)}"
                 )
         rel = "T5's relative position bias" if self.position == "relative" else None
-        blockwise.check_attention_impl(self.attention_impl, dense_bias=rel)
+        attention_impl.check_attention_impl(self.attention_impl, dense_bias=rel)
 
     @property
     def position_limit(self) -> int | None:

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from llmzoo.errors import ConfigError
-from llmzoo.layers import blockwise, fused
+from llmzoo.layers import attention_impl, blockwise, fused
 from llmzoo.layers.attention import MaskRule, dot_product_attention
-from llmzoo.layers.blockwise import attend, blockwise_attention, plan_attention, resolve_impl
+from llmzoo.layers.attention_impl import attend, plan_attention, resolve_impl
+from llmzoo.layers.blockwise import blockwise_attention
 from llmzoo.layers.positional import alibi_bias, alibi_slopes
 from llmzoo.models import decoder, encoder, seq2seq
 from llmzoo.models.encoder_config import EncoderConfig
@@ -161,7 +162,7 @@ def test_bfloat16_close_to_float32():
 def test_resolve_impl_on_cpu(monkeypatch):
     if jax.default_backend() != "cpu":
         pytest.skip("checks the CPU fallback")
-    monkeypatch.setattr(blockwise, "_warned", set())
+    monkeypatch.setattr(attention_impl, "_warned", set())
     args = dict(dtype="bfloat16", head_dim=64, t=64, s=64)
     with pytest.warns(RuntimeWarning, match="cpu backend has no cuDNN; using blockwise"):
         assert resolve_impl("cudnn", **args) == "blockwise"
@@ -169,7 +170,9 @@ def test_resolve_impl_on_cpu(monkeypatch):
         warnings.simplefilter("error")
         assert resolve_impl("cudnn", **args) == "blockwise"
     assert resolve_impl("auto", **args) == "dense"
-    assert resolve_impl("auto", **{**args, "s": blockwise.AUTO_BLOCKWISE_MIN_LEN}) == "blockwise"
+    assert (
+        resolve_impl("auto", **{**args, "s": attention_impl.AUTO_BLOCKWISE_MIN_LEN}) == "blockwise"
+    )
     assert resolve_impl("blockwise", **args) == "blockwise"
 
 

@@ -15,9 +15,9 @@ import pytest
 
 from llmzoo import sharding
 from llmzoo.errors import ConfigError
-from llmzoo.layers import blockwise, fused
+from llmzoo.layers import attention_impl, fused
 from llmzoo.layers.attention import MaskRule, dot_product_attention
-from llmzoo.layers.blockwise import attend, plan_attention, resolve_impl
+from llmzoo.layers.attention_impl import attend, plan_attention, resolve_impl
 from llmzoo.layers.positional import alibi_slopes
 from llmzoo.models import decoder, encoder
 from llmzoo.params import flatten
@@ -30,7 +30,7 @@ TOL = dict(atol=1e-5, rtol=1e-5)
 @pytest.fixture
 def interpret(monkeypatch):
     monkeypatch.setattr(fused, "INTERPRET", True)
-    monkeypatch.setattr(blockwise, "_warned", set())
+    monkeypatch.setattr(attention_impl, "_warned", set())
 
 
 def _qkv(t=T, s=T, b=B, n=4, kh=2, h=16, seed=0):
@@ -129,7 +129,7 @@ def test_sharded_over_batch_and_heads_equals_one_device(kh, interpret):
 
 
 def test_falls_back_where_it_cannot_run(monkeypatch):
-    monkeypatch.setattr(blockwise, "_warned", set())
+    monkeypatch.setattr(attention_impl, "_warned", set())
     rule = MaskRule(_arange(T), _arange(T))
     args = dict(dtype="float32", head_dim=16, t=T, s=T, rule=rule)
     if jax.default_backend() != "tpu":
