@@ -12,6 +12,7 @@ from llmzoo.params import ParamSpec, init_params
 from llmzoo.presets import get_model_preset
 from llmzoo.sharding import (
     STRATEGY_MESHES,
+    activation_spec,
     batch_sharding,
     batch_shards,
     constrain,
@@ -165,6 +166,14 @@ def test_constrain_applies_inside_set_mesh(mesh222):
     with jax.set_mesh(mesh222):
         z = g(jnp.ones((6, 8)))
     np.testing.assert_array_equal(np.asarray(z), 2.0)
+
+
+def test_activation_spec_names_the_mesh_axes_that_divide(mesh222):
+    assert activation_spec((8, 4), ("batch", "heads")) is None  # no mesh
+    with jax.set_mesh(mesh222):
+        assert activation_spec((8, 4), ("batch", "heads")) == P(("data", "fsdp"), "tensor")
+        assert activation_spec((6, 3), ("batch", "heads")) == P(None, None)
+        assert activation_spec((8, 3), ("batch", "seq")) == P(("data", "fsdp"), None)
 
 
 def test_sharded_decoder_forward_matches_single_device(mesh222):

@@ -11,8 +11,8 @@ A model chooses its implementation with ``model.attention_impl`` (:data:`ATTENTI
 - ``splash``: the Pallas splash-attention kernel on TPU (:mod:`llmzoo.layers.fused`; no mask is
   materialised). Where it cannot run (not a TPU, ALiBi, lengths not divisible by 128) it falls
   back to ``blockwise`` with a one-time warning.
-- ``auto``: ``cudnn`` or ``splash`` where one can run, else ``blockwise`` from
-  :data:`AUTO_BLOCKWISE_MIN_LEN` keys on, else ``dense``.
+- ``auto``: ``cudnn`` or ``splash`` (for head widths H divisible by 128) where one can run,
+  else ``blockwise`` from :data:`AUTO_BLOCKWISE_MIN_LEN` keys on, else ``dense``.
 
 Models build an :class:`AttentionPlan` once per forward pass (outside the scan over layers) with
 :func:`plan_attention`, and every layer calls :func:`attend` with it.
@@ -33,6 +33,9 @@ from llmzoo.layers.positional import alibi_bias
 
 ATTENTION_IMPLS = ("dense", "blockwise", "cudnn", "splash", "auto")
 AUTO_BLOCKWISE_MIN_LEN = 2048  # ``auto`` leaves ``dense`` from this many keys on
+# ``auto`` picks splash only for head widths that fill the TPU's 128 lanes, the case MaxText runs
+# (older kernels rejected narrower heads); ``splash`` itself tries any width.
+AUTO_SPLASH_HEAD_MULTIPLE = 128
 _F32 = jnp.float32
 _warned: set[str] = set()
 
@@ -94,9 +97,10 @@ def resolve_impl(
             )
             return "blockwise"
     if impl == "auto":
-        for fast, problem in problems.items():
-            if problem() is None:
-                return fast
+        if problems["cudnn"]() is None:
+            return "cudnn"
+        if head_dim % AUTO_SPLASH_HEAD_MULTIPLE == 0 and problems["splash"]() is None:
+            return "splash"
         return "blockwise" if s >= AUTO_BLOCKWISE_MIN_LEN else "dense"
     return impl
 

@@ -141,6 +141,8 @@ def test_falls_back_where_it_cannot_run(monkeypatch):
         assert resolve_impl("auto", **args) != "splash"
     monkeypatch.setattr(fused, "INTERPRET", True)
     assert resolve_impl("splash", **args) == "splash"
+    assert resolve_impl("auto", **args) == "dense"  # H = 16: auto keeps splash for H % 128 == 0
+    assert resolve_impl("auto", **dict(args, head_dim=128)) == "splash"
     odd = MaskRule(_arange(100), _arange(100))
     cases = {
         "takes no ALiBi": dict(args, alibi=True),
