@@ -7,6 +7,8 @@ processes) with their ratio: batch-1 greedy tokens/s, with a check that the toke
 against the memory-bandwidth bound from a same-run matvec; per-token decode time at given
 contexts (prefill to that context, then time decode steps); the same in bfloat16 (weights and
 KV cache); and batched greedy tokens/s. ``--threads`` (default 1) gives both the same CPU threads.
+On a GPU (JAX's default backend, and torch built with CUDA) both run there: the Hugging Face
+model and its inputs move to ``cuda`` and its timings synchronise the device.
 
     .venv/bin/python benchmarks/decode.py                      # the full config (minutes)
     .venv/bin/python benchmarks/decode.py --new 32 --contexts 256 --batches 1,8 --repeats 1
@@ -48,6 +50,14 @@ import llmzoo.hf  # noqa: E402
 from llmzoo.generate import generate  # noqa: E402
 from llmzoo.models import decoder  # noqa: E402
 
+ON_GPU = jax.default_backend() == "gpu" and torch.cuda.is_available()
+TORCH_DEVICE = "cuda" if ON_GPU else "cpu"
+
+
+def sync():
+    if ON_GPU:
+        torch.cuda.synchronize()
+
 
 def best_time(fn, repeats):
     times = []
@@ -77,7 +87,7 @@ def build(args):
     with tempfile.TemporaryDirectory() as path:
         model.save_pretrained(path)
         cfg, params = llmzoo.hf.load(path)
-    return model, dataclasses.replace(cfg, dtype="float32"), params
+    return model.to(TORCH_DEVICE), dataclasses.replace(cfg, dtype="float32"), params
 
 
 def bandwidth_bound(n_bytes, repeats):
@@ -94,8 +104,10 @@ def bandwidth_bound(n_bytes, repeats):
 def hf_greedy(model, prompts, new):
     with torch.no_grad():
         out = model.generate(
-            torch.tensor(prompts),
-            attention_mask=torch.ones(len(prompts), len(prompts[0]), dtype=torch.long),
+            torch.tensor(prompts, device=TORCH_DEVICE),
+            attention_mask=torch.ones(
+                len(prompts), len(prompts[0]), dtype=torch.long, device=TORCH_DEVICE
+            ),
             max_new_tokens=new,
             min_new_tokens=new,
             do_sample=False,
@@ -153,16 +165,19 @@ def llmzoo_step_time(cfg, params, context, args):
 
 def hf_step_time(model, context, args):
     tokens = torch.as_tensor(
-        np.random.default_rng(1).integers(0, model.config.vocab_size, (1, context))
+        np.random.default_rng(1).integers(0, model.config.vocab_size, (1, context)),
+        device=TORCH_DEVICE,
     )
     with torch.no_grad():
         out = model(tokens, use_cache=True)
         past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
         times = []
         for _ in range(args.steps + 1):
+            sync()
             t0 = time.perf_counter()
             out = model(tok, past_key_values=past, use_cache=True)
             past = out.past_key_values
+            sync()
             times.append(time.perf_counter() - t0)
     return float(np.median(times[1:]))
 
