@@ -240,8 +240,8 @@ def _random_params(module, cfg, seed=0):
     return unflatten(flat)
 
 
-def _check_model(module, cfg, batch, monkeypatch):
-    """Logits and the gradients of a mean cross-entropy agree between dense and blockwise."""
+def _check_model(module, cfg, batch, monkeypatch, impl="blockwise"):
+    """Logits and the gradients of a mean cross-entropy agree between dense and ``impl``."""
     monkeypatch.setattr(blockwise, "DEFAULT_BLOCK", 4)  # several blocks at these lengths
     params = _random_params(module, cfg)
 
@@ -253,7 +253,7 @@ def _check_model(module, cfg, batch, monkeypatch):
 
     step = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
     (_, ref), ref_grads = step(params, cfg)
-    (_, out), grads = step(params, dataclasses.replace(cfg, attention_impl="blockwise"))
+    (_, out), grads = step(params, dataclasses.replace(cfg, attention_impl=impl))
     np.testing.assert_allclose(out, ref, **TOL)
     flat_ref, flat = flatten(ref_grads), flatten(grads)
     for name in flat_ref:
