@@ -19,7 +19,7 @@ from llmzoo.layers import attention_impl, fused
 from llmzoo.layers.attention import MaskRule, dot_product_attention
 from llmzoo.layers.attention_impl import attend, plan_attention, resolve_impl
 from llmzoo.layers.positional import alibi_slopes
-from llmzoo.models import decoder, encoder
+from llmzoo.models import decoder, encoder, seq2seq
 from llmzoo.presets import get_model_preset
 from tests.layers.test_blockwise import _check_model as check_model
 
@@ -196,3 +196,15 @@ def test_encoder_splash_equals_dense(interpret, monkeypatch):
     tokens = jax.random.randint(jax.random.key(1), (B, T), 0, cfg.vocab_size)
     segments = jnp.array([[1] * T, [1] * 170 + [0] * 86])  # row 1 right-padded
     _check_model(encoder, cfg, {"tokens": tokens, "segment_ids": segments}, monkeypatch)
+
+
+def test_seq2seq_splash_equals_dense(interpret, monkeypatch):
+    cfg = dataclasses.replace(get_model_preset("bart-tiny"), vocab_size=64, max_seq_len=T)
+    keys = jax.random.split(jax.random.key(2), 2)
+    batch = {  # cross-attention: 128 decoder queries against 256 source keys, some padding
+        "inputs": jax.random.randint(keys[0], (B, T), 0, 64),
+        "input_mask": jnp.array([[1] * T, [1] * 190 + [0] * 66]),
+        "decoder_inputs": jax.random.randint(keys[1], (B, 128), 0, 64),
+        "decoder_mask": jnp.array([[1] * 128, [1] * 100 + [0] * 28]),
+    }
+    _check_model(seq2seq, cfg, batch, monkeypatch)
