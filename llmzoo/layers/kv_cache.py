@@ -123,7 +123,7 @@ class CachePlan:
         rule: queries ``[B, T]`` and the whole cache's key positions ``[B, S]`` (after the write).
         length: int32 scalar, the filled slots ``[0, length)`` (the new tokens included).
         alibi_slopes: ``[N]`` ALiBi slopes, or None.
-        block: keys per block (static).
+        block: at most this many keys per block (static; see :func:`_block_size`).
     """
 
     rule: MaskRule
@@ -151,6 +151,14 @@ def _block_mask(rule: MaskRule, start: jax.Array, first_new: jax.Array, size: in
     return mask[:, :, None]
 
 
+def _block_size(s: int, block: int) -> int:
+    """Keys per block for a cache of S slots: at most ``block``, and as even as
+    ``ceil(S / block)`` blocks can be. With blocks of exactly ``block`` the last one would be
+    shifted back to fit the cache and re-read up to ``block - 1`` slots seen already: a cache of
+    308 slots filled to 260 read 512 slots a step, against 308 with blocks of 154."""
+    return -(-s // -(-s // block))
+
+
 def prefix_attention(
     q: jax.Array,
     cache_k: jax.Array | Int8Slots,
@@ -173,7 +181,7 @@ def prefix_attention(
     """
     b, t, n, h = q.shape
     kh, s = cache_k.shape[1], cache_k.shape[2]
-    g, size = n // kh, min(plan.block, s)
+    g, size = n // kh, _block_size(s, plan.block)
     scale = h**-0.5 if scale is None else scale
     qg = q.reshape(b, t, kh, g, h)
     q_pos = plan.rule.q_pos

@@ -60,6 +60,31 @@ def test_prefix_attention_equals_dense_over_the_filled_slots(t, window, alibi):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_blocks_are_even_and_never_more_than_needed():
+    for s in range(1, 1100):
+        size = kv_cache._block_size(s, 256)
+        blocks = -(-s // size)
+        assert size <= 256 and blocks == -(-s // 256), s
+        assert blocks * size - s < blocks, s  # the last block re-reads fewer slots than blocks
+
+
+@pytest.mark.parametrize("length", [1, 150, 151, 260, 300])
+def test_even_blocks_of_a_300_slot_cache_equal_dense(length):
+    """300 slots in blocks of at most 256 are two blocks of 150; lengths at and across the
+    boundary, and the full cache."""
+    b, s, n, h = 1, 300, 2, 8
+    k_pos = jnp.where(jnp.arange(s) < length, jnp.arange(s), -1)[None].astype(jnp.int32)
+    q_pos = k_pos[:, length - 1 : length]
+    q, ck, cv = _random((b, 1, n, h), 3), _random((b, n, s, h), 4), _random((b, n, s, h), 5)
+    plan = kv_cache.CachePlan(MaskRule(q_pos, k_pos), jnp.int32(length), block=256)
+    got = kv_cache.prefix_attention(q, ck, cv, plan)
+    ref_k, ref_v = (jnp.swapaxes(x[:, :, :length], 1, 2) for x in (ck, cv))
+    mask = MaskRule(q_pos, k_pos[:, :length]).dense_mask()
+    np.testing.assert_allclose(
+        got, dot_product_attention(q, ref_k, ref_v, mask=mask), atol=1e-5, rtol=1e-5
+    )
+
+
 @pytest.fixture(scope="module")
 def params():
     out = {}
