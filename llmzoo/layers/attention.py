@@ -232,12 +232,40 @@ def _weighted_values(probs: jax.Array, v: jax.Array) -> jax.Array:
     return out.reshape(b, t, n, h)
 
 
+def fuse_qkv(params: dict) -> dict:
+    """One layer's attention params with ``wq``, ``wk``, ``wv`` as one ``wqkv [D, K, G + 2, H]``
+    (G = N / K query heads per KV head, then that KV head's key and value), which
+    :func:`qkv_projection` reads with one matmul instead of three. Decoding reads every weight
+    once per token, and on CPU three small matrix-vector products cost more than one of their
+    size. Quantized, LoRA or probe leaves are left as they are.
+    """
+    wq, wk, wv = (params[name] for name in ("wq", "wk", "wv"))
+    if not all(isinstance(w, jax.Array) for w in (wq, wk, wv)):
+        return params
+    d, n, h = wq.shape
+    kh = wk.shape[1]
+    wqkv = jnp.concatenate([wq.reshape(d, kh, n // kh, h), wk[:, :, None], wv[:, :, None]], axis=2)
+    return {k: v for k, v in params.items() if k not in ("wq", "wk", "wv")} | {"wqkv": wqkv}
+
+
+def _fused_qkv(wqkv: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    b, t = x.shape[:2]
+    kh, groups, h = wqkv.shape[1], wqkv.shape[2] - 2, wqkv.shape[3]
+    y = linear.einsum("btd,dkeh->btkeh", x, wqkv)
+    q = y[:, :, :, :groups].reshape(b, t, kh * groups, h)
+    return q, y[:, :, :, groups], y[:, :, :, groups + 1]
+
+
 def qkv_projection(params: dict, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Projects ``x [B, T, D]`` to ``q [B, T, N, H]``, ``k, v [B, T, K, H]`` (with biases)."""
+    """Projects ``x [B, T, D]`` to ``q [B, T, N, H]``, ``k, v [B, T, K, H]`` (with biases),
+    from ``wq``, ``wk``, ``wv`` or from their :func:`fuse_qkv`."""
     dt = x.dtype
-    q = linear.einsum("btd,dnh->btnh", x, params["wq"])
-    k = linear.einsum("btd,dkh->btkh", x, params["wk"])
-    v = linear.einsum("btd,dkh->btkh", x, params["wv"])
+    if "wqkv" in params:
+        q, k, v = _fused_qkv(params["wqkv"], x)
+    else:
+        q = linear.einsum("btd,dnh->btnh", x, params["wq"])
+        k = linear.einsum("btd,dkh->btkh", x, params["wk"])
+        v = linear.einsum("btd,dkh->btkh", x, params["wv"])
     if "bq" in params:
         q, k, v = (
             q + params["bq"].astype(dt),

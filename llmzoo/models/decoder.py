@@ -348,12 +348,15 @@ def select_cache(cache: dict, index: jax.Array) -> dict:
 
 
 def decode_params(params: dict, *, cfg: DecoderConfig) -> dict:
-    """``params`` laid out for :func:`apply_cached`: per-layer weights as separate buffers.
+    """``params`` laid out for :func:`apply_cached`: per-layer weights as separate buffers, the
+    query, key and value weights fused into one matrix (:func:`~llmzoo.layers.attention.fuse_qkv`).
 
     Optional: :func:`apply_cached` also takes the stacked tree. Decoding loops call it once,
     before the loop (see :func:`llmzoo.models.decoder_cache.unstack_layers`).
     """
-    return unstack_layers(params, cfg.n_layers)
+    params = unstack_layers(params, cfg.n_layers)
+    layers = tuple(p | {"attn": attn_lib.fuse_qkv(p["attn"])} for p in params["layers"])
+    return params | {"layers": layers}
 
 
 def apply_cached(

@@ -9,10 +9,12 @@ from llmzoo.layers.attention import (
     attention_mask,
     attention_specs,
     dot_product_attention,
+    fuse_qkv,
     out_projection,
     qkv_projection,
     update_kv_cache,
 )
+from llmzoo.layers.quant import quantize
 
 # Jitted wrappers: one compile per test instead of one per primitive (keeps the suite fast).
 _attn = jax.jit(dot_product_attention, static_argnames=("scale",))
@@ -209,3 +211,22 @@ def test_projections_match_numpy():
 def test_attention_specs_rejects_bad_grouping():
     with pytest.raises(ValueError, match="n_kv_heads=3"):
         attention_specs(8, 4, 3, 2)
+
+
+@pytest.mark.parametrize("n, kh, bias", [(6, 2, False), (4, 4, True), (4, 1, True)])
+def test_fused_qkv_projects_as_the_three_matrices(n, kh, bias):
+    """``fuse_qkv`` keeps each query head with its KV head's group: the same q, k, v (GQA, MHA,
+    MQA, with biases), and quantized weights stay unfused."""
+    d, h = 16, 8
+    params = attention_specs(d, n, kh, h, qkv_bias=bias)
+    params = {
+        name: jax.random.normal(jax.random.key(i), spec.shape)
+        for i, (name, spec) in enumerate(sorted(params.items()))
+    }
+    x = jax.random.normal(jax.random.key(9), (2, 3, d))
+    fused = fuse_qkv(params)
+    assert "wq" not in fused and fused["wqkv"].shape == (d, kh, n // kh + 2, h)
+    for got, want in zip(qkv_projection(fused, x), qkv_projection(params, x), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    quantized = params | {"wq": quantize(params["wq"], bits=8)}
+    assert fuse_qkv(quantized) is quantized
