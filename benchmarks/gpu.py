@@ -201,7 +201,7 @@ def parse_args():
     ap.add_argument("--d-ff", type=int, default=5632)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=2048)
-    ap.add_argument("--remat", default="none", help="model.remat: none, full or dots_saveable")
+    ap.add_argument("--remat", default="none", help="model.remat (llmzoo.config.REMAT_POLICIES)")
     ap.add_argument("--attention", default="auto", help="model.attention_impl for the step")
     ap.add_argument("--seqs", type=int, nargs="+", default=[2048, 8192])
     ap.add_argument("--attn-batch", type=int, default=4)

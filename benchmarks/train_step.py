@@ -9,13 +9,14 @@ matmul in JAX and in torch, timed in the same run. All timed candidates are inte
 round, so that load from other processes spreads over all of them; medians are reported.
 
 ``--unrolled`` also times the same step with ``model.scan_layers=false`` (the layers unrolled
-instead of one ``lax.scan``). The breakdown (``--breakdown``) times the loss forward, forward +
-backward, and the optimizer update alone, and prints XLA's ``cost_analysis`` FLOPs of the
-compiled step.
+instead of one ``lax.scan``); ``--remat a,b`` also times it under those remat policies
+(``model.remat``), interleaved with the rest. The breakdown (``--breakdown``) times the loss
+forward, forward + backward, and the optimizer update alone, and prints XLA's
+``cost_analysis`` FLOPs of the compiled step.
 
     .venv/bin/python benchmarks/train_step.py [--vocab 8192 --d-model 512 --layers 6 --heads 8]
         [--batch 8 --seq 256] [--dtype float32] [--rounds 5] [--no-compile] [--breakdown]
-        [--unrolled]
+        [--unrolled] [--remat dots_saveable,dots_with_no_batch_dims_saveable]
 """
 
 from __future__ import annotations
@@ -213,6 +214,7 @@ def parse_args():
     ap.add_argument(
         "--unrolled", action="store_true", help="also time model.scan_layers=false (no lax.scan)"
     )
+    ap.add_argument("--remat", default="", help="comma-separated model.remat policies to add")
     return ap.parse_args()
 
 
@@ -242,6 +244,10 @@ def main():
     if args.unrolled:
         unrolled = dataclasses.replace(cfg, scan_layers=False)
         candidates["llmzoo unrolled"] = llmzoo_step(unrolled, params, batch)[0]
+    remats = [f"llmzoo {p}" for p in args.remat.split(",") if p]
+    for name in remats:
+        policy = dataclasses.replace(cfg, remat=name.removeprefix("llmzoo "))
+        candidates[name] = llmzoo_step(policy, params, batch)[0]
     if not args.no_torch:
         import copy
 
@@ -261,13 +267,13 @@ def main():
         f"matmul {MATMUL}^3: jax {peaks['jax'] / 1e9:.0f} GFLOP/s, torch "
         f"{peaks['torch'] / 1e9:.0f} GFLOP/s"
     )
-    for name in ("llmzoo", "llmzoo unrolled", "hf eager", "hf compiled"):
+    for name in ("llmzoo", "llmzoo unrolled", *remats, "hf eager", "hf compiled"):
         if name not in times:
             continue
         t = times[name]
         peak = peaks["jax" if name.startswith("llmzoo") else "torch"]
         print(
-            f"{name:<15} {t * 1e3:8.1f} ms/step  {tokens / t:8,.0f} tokens/s  "
+            f"{name:<40} {t * 1e3:8.1f} ms/step  {tokens / t:8,.0f} tokens/s  "
             f"{step_flops / t / 1e9:6.1f} GFLOP/s  {step_flops / t / peak:5.1%} of its matmul"
             + ("" if name == "llmzoo" else f"  llmzoo speed-up {t / times['llmzoo']:.2f}x")
         )

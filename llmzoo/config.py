@@ -83,7 +83,7 @@ class RopeScaling:
 
 
 DTYPES = ("float32", "bfloat16", "float16")
-REMAT_POLICIES = ("none", "full", "dots_saveable")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -105,9 +105,12 @@ class ModelConfig:
         param_dtype: storage dtype of the params (``float32`` default: mixed precision keeps
             float32 master weights and casts them to the compute dtype in each matmul).
         remat: what each block keeps for the backward pass: ``none`` (every activation),
-            ``full`` (only the block's input: recompute the block) or ``dots_saveable`` (the
-            matmul outputs: recompute only the cheap elementwise ops). Run configs written
-            before the policies existed say ``true`` (``full``) or ``false`` (``none``).
+            ``full`` (only the block's input: recompute the block), ``dots_saveable`` (the
+            matmul outputs: recompute only the cheap elementwise ops) or
+            ``dots_with_no_batch_dims_saveable`` (the weight matmuls' outputs: also recompute
+            attention, whose ``[B, N, T, S]`` scores grow with the square of the length;
+            MaxText's ``minimal``). Run configs written before the policies existed say
+            ``true`` (``full``) or ``false`` (``none``).
         scan_layers: run the layers as one ``lax.scan`` (``true``: compile time does not grow
             with depth) or as an unrolled loop (``false``: each layer compiled on its own,
             without the scan's stacked per-layer buffers; faster steps for shallow models on

@@ -8,7 +8,10 @@ A policy names what the forward pass of each block keeps for the backward pass:
 - ``full``: only the block's input; the whole block is recomputed in the backward pass
   (Chen et al. 2016, "Training deep nets with sublinear memory cost");
 - ``dots_saveable``: the outputs of the matmuls; only the elementwise ops between them (norms,
-  activations, softmax) are recomputed.
+  activations, softmax) are recomputed;
+- ``dots_with_no_batch_dims_saveable``: the outputs of the matmuls with a weight (projections,
+  MLP), not those of attention's batched matmuls: attention's scores, softmax and weighted sum
+  are recomputed too, so no ``[B, N, T, S]`` array is kept per layer (MaxText's ``minimal``).
 
 All three compute the same values; only memory and time differ.
 """
@@ -25,6 +28,7 @@ from llmzoo.config import REMAT_POLICIES
 _SAVEABLE = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 

@@ -176,3 +176,32 @@ def test_decoder_gradient_without_remat_keeps_little_more_than_dots_saveable(pre
         return grad.lower(params, batch).compile().memory_analysis().temp_size_in_bytes
 
     assert temp_bytes("none") < 1.4 * temp_bytes("dots_saveable")
+
+
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
+def test_no_batch_dims_policy_keeps_no_attention_scores(preset):
+    """``dots_with_no_batch_dims_saveable`` keeps the weight matmuls' outputs but none of
+    attention's ``[B, N, T, S]`` arrays, which ``dots_saveable`` keeps (the scores), and fewer
+    bytes in all."""
+    t = 48  # no other dim of the model is 48
+    cfg = dataclasses.replace(
+        get_model_preset(preset), vocab_size=256, d_model=32, n_layers=2, n_heads=4, d_ff=64
+    )
+    cfg = dataclasses.replace(cfg, n_kv_heads=2 if cfg.n_kv_heads else None, max_seq_len=t)
+    toks = np.random.default_rng(0).integers(0, 256, (2, t)).astype(np.int32)
+    batch = {"tokens": toks, "targets": toks, "loss_mask": np.ones((2, t), np.float32)}
+    params = decoder.init(jax.random.key(0), cfg)
+
+    def residuals(remat):
+        c = dataclasses.replace(cfg, remat=remat)
+        _, vjp = jax.vjp(lambda p: token_loss(p, batch, None, cfg=c)[0], params)
+        return [leaf for leaf in jax.tree.leaves(vjp) if hasattr(leaf, "shape")]
+
+    def scores(leaves):  # per-head [T, S] arrays, in any layout (not the [B, 1, T, S] mask)
+        return [x.shape for x in leaves if x.shape.count(t) == 2 and x.size > 2 * t * t]
+
+    assert scores(residuals("dots_saveable"))
+    lean = residuals("dots_with_no_batch_dims_saveable")
+    assert not scores(lean), scores(lean)
+    nbytes = lambda leaves: sum(x.nbytes for x in leaves)  # noqa: E731
+    assert nbytes(lean) < nbytes(residuals("dots_saveable"))

@@ -84,7 +84,7 @@ def test_dtype_auto_is_float32_on_cpu():
     assert dataclasses.replace(CFG, dtype="bfloat16").compute_dtype == jnp.bfloat16
 
 
-@pytest.mark.parametrize("policy", ["full", "dots_saveable"])
+@pytest.mark.parametrize("policy", ["full", "dots_saveable", "dots_with_no_batch_dims_saveable"])
 def test_remat_policy_same_loss_and_grads(policy):
     params = decoder.init(jax.random.key(0), CFG)
     batch = make_batch()
