@@ -21,6 +21,7 @@ PRESETS = {
     "gpt2": ("gpt2-tiny", "none"),
     "albert": ("albert-tiny", "dots_saveable"),  # one layer shared by every application
     "t5": ("t5-tiny", "full"),
+    "bart": ("bart-tiny", "dots_with_no_batch_dims_saveable"),  # cross-attention recomputed
     "lstm": ("lstm-tiny", "none"),
 }
 
