@@ -13,7 +13,7 @@ A policy names what the forward pass of each block keeps for the backward pass:
   MLP), not those of attention's batched matmuls: attention's scores, softmax and weighted sum
   are recomputed too, so no ``[B, N, T, S]`` array is kept per layer (MaxText's ``minimal``).
 
-All three compute the same values; only memory and time differ.
+All of them compute the same values; only memory and time differ.
 """
 
 from __future__ import annotations
