@@ -245,9 +245,8 @@ def main():
         unrolled = dataclasses.replace(cfg, scan_layers=False)
         candidates["llmzoo unrolled"] = llmzoo_step(unrolled, params, batch)[0]
     remats = [f"llmzoo {p}" for p in args.remat.split(",") if p]
-    for name in remats:
-        policy = dataclasses.replace(cfg, remat=name.removeprefix("llmzoo "))
-        candidates[name] = llmzoo_step(policy, params, batch)[0]
+    for name, policy in zip(remats, filter(None, args.remat.split(",")), strict=True):
+        candidates[name] = llmzoo_step(dataclasses.replace(cfg, remat=policy), params, batch)[0]
     if not args.no_torch:
         import copy
 

@@ -215,13 +215,16 @@ class _Draws:
         self.leaves, self.mesh = leaves, mesh
         self.small = [i for i, s in enumerate(leaves) if _drawn_together(s)]
         self.units = []  # (leaf, layer or None, size): one normal(key, [size]) each
+        self.units_of = {}  # leaf -> the indices of its units, in layer order
         for i in self.small:
             s = leaves[i]
+            first = len(self.units)
             if isinstance(s.init, _Stacked):
                 n = math.prod(s.shape[1:])
                 self.units += [(i, layer, n) for layer in range(s.shape[0])]
             else:
                 self.units.append((i, None, math.prod(s.shape)))
+            self.units_of[i] = range(first, len(self.units))
 
     def __call__(self, key, salts: list[int]) -> list:
         """``[leaf or None]``: the drawn leaves of ``fold_in(key, salts[i])``, None for others."""
@@ -245,7 +248,7 @@ class _Draws:
             values |= {u: z[j, : self.units[u][2]] for j, u in enumerate(members)}
         for i in self.small:
             s = self.leaves[i]
-            flat = jnp.concatenate([values[u] for u, unit in enumerate(self.units) if unit[0] == i])
+            flat = jnp.concatenate([values[u] for u in self.units_of[i]])
             out[i] = (_normal_of(s).std * flat.reshape(s.shape)).astype(s.dtype)
         return out
 
