@@ -93,7 +93,7 @@ def test_gptq_lowers_the_output_error_of_round_to_nearest(bits, group):
 def test_with_an_identity_hessian_gptq_is_round_to_nearest(bits, group):
     """No correlation between inputs: nothing to compensate, so the same integers and scales;
     stacked and with two input dims (``wo [L, N, H, D]``), as a QuantArray of the same layout."""
-    w = jax.random.normal(jax.random.key(3), (2, 4, 8, 16))
+    w = np.random.default_rng(3).standard_normal((2, 4, 8, 16), np.float32)
     ref = quantize_jit(w, bits=bits, group_size=group, n_in=2, stack=1)
     mats = np.asarray(w).reshape(2, 32, 16)
     parts = [gptq.gptq_matrix(m, np.eye(32), bits=bits, group_size=group) for m in mats]

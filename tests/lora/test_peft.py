@@ -34,7 +34,7 @@ def setup(name, tmp_path):
     specs = registry.get(cfg.model.kind).param_specs(cfg.model)
     params = init_params(jax.random.key(0), specs)
     adapters = lora.init_adapters(jax.random.key(1), specs, cfg.lora)
-    noise = lambda x: 0.1 * jax.random.normal(jax.random.key(x.size), x.shape)  # noqa: E731
+    noise = lambda x: 0.1 * np.random.default_rng(x.size).standard_normal(x.shape, np.float32)  # noqa: E731
     adapters = jax.tree.map(lambda x: x + noise(x), adapters)  # B != 0
     llmzoo.hf.save(tmp_path / "base", cfg.model, params)
     hf_peft.save_adapters(str(tmp_path / "adapter"), cfg, {"adapters": adapters})

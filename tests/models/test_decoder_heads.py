@@ -83,9 +83,8 @@ def test_value_head_reads_the_final_normed_states(base):
     _, _, cfg, params = base
     cfg = dataclasses.replace(cfg, value_head=True)
     params = dict(params)
-    key = jax.random.key(3)
     params["value_head"] = {
-        "w": jax.random.normal(key, (cfg.d_model, 1)),
+        "w": np.random.default_rng(3).standard_normal((cfg.d_model, 1), np.float32),
         "b": jnp.array([0.25]),
     }
     tokens, mask = _batch()
