@@ -16,7 +16,7 @@ from llmzoo.config import OptimConfig
 from llmzoo.models import decoder
 from llmzoo.objectives.losses import token_loss
 from llmzoo.presets import get_model_preset
-from llmzoo.run_dir import checkpoint_manager, load_params, read_config
+from llmzoo.run_dir import load_params, read_config
 from llmzoo.train.optimizer import lr_schedule, make_optimizer
 from llmzoo.train.step import TrainState, all_finite, make_steps
 
@@ -117,17 +117,14 @@ def checkpoint_steps(run_dir):
 
 
 def checkpoint_params(run_dir, step):
-    """The params of checkpoint ``step`` of ``run_dir``."""
+    """The params of checkpoint ``step`` of ``run_dir``, read by Orbax's standard checkpointer."""
     _, newest, _ = load_params(run_dir)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), newest
     )
-    mngr = checkpoint_manager(run_dir, async_save=False)
-    try:
-        args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract))
-        return mngr.restore(step, args=args)["params"]
-    finally:
-        mngr.close()
+    path = os.path.join(run_dir, "checkpoints", str(step), "params")
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(path, abstract)
 
 
 @pytest.fixture(scope="module")
