@@ -9,7 +9,7 @@ first save timed alone and then the median of ``--rounds`` further saves, the tw
 llmzoo's first save runs first, so the one-time setup of Orbax and TensorStore lands on it.
 
 Usage:
-    python benchmarks/checkpoint_save.py [--presets gpt2-tiny,llama-tiny,gpt2-small] [--rounds 3]
+    python benchmarks/checkpoint_save.py [--presets gpt2-tiny,llama-tiny,...] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def timed(save, step, params, opt) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--presets", default="gpt2-tiny,llama-tiny,gpt2-small")
+    ap.add_argument("--presets", default="gpt2-tiny,llama-tiny,bert-tiny,t5-tiny,bart-tiny")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     print(f"jax {jax.__version__}, orbax {ocp.__version__}, {jax.device_count()} devices")
