@@ -227,10 +227,6 @@ def _raised_in_orbax(exc: BaseException | None) -> bool:
     return False
 
 
-def _abstract(tree):
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-
-
 def _tree_restore(abstract) -> ocp.args.PyTreeRestore:
     """Restores into ``abstract``'s structure, shapes, dtypes and shardings."""
     restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
