@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 import warnings
@@ -36,6 +34,7 @@ from llmzoo.errors import CheckpointError
 from llmzoo.hf.tokenizer import TOKENIZER_FILES, find_tokenizer_file, load_tokenizer
 from llmzoo.layers import lora
 from llmzoo.models import registry
+from llmzoo.orbax_quiet import quiet_failed_saves
 from llmzoo.params import abstract_params as spec_shapes
 from llmzoo.presets import train_config_from_dict
 
@@ -155,12 +154,12 @@ def training_checkpoints(run_dir: str, *, max_to_keep: int = 3):
     Temporary directories of saves cut short are deleted first. On leaving the block, also by an
     error, the pending save is finished (a diverged run keeps its finite checkpoints) and the
     manager closed. A failed save prints nothing but the :class:`CheckpointError` raised for it
-    (see :func:`_quiet_failed_saves`).
+    (see :func:`llmzoo.orbax_quiet.quiet_failed_saves`).
 
     Raises:
         CheckpointError: the last save failed.
     """
-    _quiet_failed_saves()
+    quiet_failed_saves()
     mngr = checkpoint_manager(run_dir, max_to_keep=max_to_keep, cleanup_tmp=True)
     try:
         yield mngr
@@ -169,62 +168,6 @@ def training_checkpoints(run_dir: str, *, max_to_keep: int = 3):
             wait_until_saved(mngr)
         finally:
             mngr.close()
-
-
-_ORBAX_DIR = os.path.dirname(os.path.dirname(ocp.__file__))
-_quiet: list[bool] = []  # holds True once the filters below are installed
-
-
-def _quiet_failed_saves() -> None:
-    """From now on, drops what a failed asynchronous save prints besides its CheckpointError.
-
-    When a save fails, Orbax logs it with tracebacks from its background threads and abandons
-    its other writes: asyncio logs them when they are garbage-collected (as late as interpreter
-    exit), Python warns that some were never awaited, and TensorStore reports the closed event
-    loop of the writes still in flight as unraisable exceptions. :func:`save` and
-    :func:`wait_until_saved` raise the failure as one :class:`CheckpointError` instead. Only
-    errors raised in or logged by Orbax are dropped, and a closed event loop's. Idempotent.
-    """
-    if _quiet:
-        return
-    _quiet.append(True)
-    for name in ("absl", "asyncio"):
-        logging.getLogger(name).addFilter(_not_orbax_error)
-    warnings.filterwarnings(
-        "ignore", r"coroutine '.*write_fragment' was never awaited", RuntimeWarning
-    )
-    previous = sys.unraisablehook
-    sys.unraisablehook = lambda u: None if _is_orbax_unraisable(u) else previous(u)
-
-
-_ORBAX_TMP = ".orbax-checkpoint-tmp"  # Orbax's name for a save in progress
-
-
-def _not_orbax_error(record: logging.LogRecord) -> bool:
-    """False for an error logged by Orbax, or about a write into a save in progress: asyncio
-    logs a TensorStore write future whose error was never retrieved with no Orbax frame."""
-    if record.levelno < logging.ERROR:
-        return True
-    exc = record.exc_info[1] if record.exc_info else None
-    text = record.getMessage()
-    about = record.pathname.startswith(_ORBAX_DIR) or _ORBAX_DIR in text or _ORBAX_TMP in text
-    return not (about or _ORBAX_TMP in str(exc or "") or _raised_in_orbax(exc))
-
-
-def _is_orbax_unraisable(unraisable) -> bool:
-    exc, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
-    closed_loop = isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
-    in_orbax = code is not None and code.co_filename.startswith(_ORBAX_DIR)
-    return closed_loop or in_orbax or _raised_in_orbax(exc)
-
-
-def _raised_in_orbax(exc: BaseException | None) -> bool:
-    tb = getattr(exc, "__traceback__", None)
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename.startswith(_ORBAX_DIR):
-            return True
-        tb = tb.tb_next
-    return False
 
 
 def _tree_restore(abstract) -> ocp.args.PyTreeRestore:

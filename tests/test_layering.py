@@ -19,6 +19,7 @@ LAYERS = {
     "llmzoo.config_tune": 0,
     "llmzoo.params": 1,
     "llmzoo.sharding": 1,
+    "llmzoo.orbax_quiet": 1,
     "llmzoo.viz": 1,
     "llmzoo.data": 1,
     "llmzoo.layers": 2,

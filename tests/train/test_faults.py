@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from llmzoo.errors import CheckpointError
-from llmzoo.run_dir import _quiet_failed_saves, load_params, wait_until_saved
+from llmzoo.orbax_quiet import quiet_failed_saves
+from llmzoo.run_dir import load_params, wait_until_saved
 from llmzoo.train.metrics import MetricsWriter, read_metrics
 
 STEPS = 32
@@ -110,7 +111,7 @@ def _lose_future_with_error(message):
 
 
 def test_abandoned_writes_of_a_failed_save_log_nothing_but_other_errors_still_log(caplog):
-    _quiet_failed_saves()
+    quiet_failed_saves()
     with caplog.at_level(logging.ERROR, logger="asyncio"):
         _lose_future_with_error(FailedSaveManager.error)
         assert caplog.records == []
