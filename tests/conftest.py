@@ -19,7 +19,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # The tests check values, not speed, and most of their time is XLA compiling tiny programs. LLVM
 # at -O1 and XLA:CPU's loop emitters (instead of its MLIR fusion emitters) compile a tiny train
-# step in 1.1 s instead of 2.8 s, and it runs as fast (3.4 against 3.5 ms).
+# step in 1.1 s instead of 2.8 s, and it runs as fast (3.4 against 3.5 ms). At the size of
+# benchmarks/train_step.py the loop emitters run a step 10-15% slower: runs keep XLA's defaults.
 FAST_COMPILE = "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false"
 
 
