@@ -94,3 +94,33 @@ def keep_zeros(masks_of: Callable[[Any], Any]) -> optax.GradientTransformation:
         return jax.tree.map(apply, updates, state.keep), state
 
     return optax.GradientTransformation(init, update)
+
+
+def init_state(tx: optax.GradientTransformation, params, mesh: jax.sharding.Mesh):
+    """``tx.init(params)`` as one compiled program, laid out for training.
+
+    A state leaf whose tree path ends with a param's path and has its shape (Adam's moments,
+    :func:`keep_zeros`' masks) takes that param's sharding; every other leaf (step counts) is
+    replicated over ``mesh``. Run eagerly, ``init`` compiles a zeros program per leaf shape.
+
+    Args:
+        tx: the optimizer.
+        params: the trained params, each a ``jax.Array`` in its sharding.
+        mesh: the training mesh.
+
+    Returns:
+        The optimizer state, the same values as ``tx.init(params)``.
+    """
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    by_path = {p: x for p, x in jax.tree_util.tree_leaves_with_path(params)}
+
+    def sharding_of(path, leaf):
+        for start in range(len(path)):
+            x = by_path.get(path[start:])
+            if x is not None and x.shape == leaf.shape:
+                return x.sharding
+        return replicated
+
+    abstract = jax.eval_shape(tx.init, params)
+    shardings = jax.tree_util.tree_map_with_path(sharding_of, abstract)
+    return jax.jit(tx.init, out_shardings=shardings)(params)

@@ -47,7 +47,7 @@ from llmzoo.objectives import rl
 from llmzoo.train.divergence import DivergenceGuard
 from llmzoo.train.loop import check_resume_config
 from llmzoo.train.metrics import MetricsWriter, read_metrics
-from llmzoo.train.optimizer import lr_schedule, make_optimizer
+from llmzoo.train.optimizer import init_state, lr_schedule, make_optimizer
 from llmzoo.train.rollout import Sampler, function_scorer, load_prompts, make_scorer
 from llmzoo.train.setup import initial_params, resolve_init_from, resolve_teacher
 from llmzoo.train.step import TrainState, make_steps
@@ -196,9 +196,7 @@ def _train_state(cfg: TrainConfig, policy, specs, batch_shard, mesh):
     state = TrainState(
         step=jax.device_put(jnp.zeros((), jnp.int32), replicated),
         params=policy,
-        opt_state=jax.tree.map(
-            lambda x: x if x.ndim else jax.device_put(x, replicated), tx.init(policy)
-        ),
+        opt_state=init_state(tx, policy, mesh),
     )
     if o.name == "ppo":
         loss = functools.partial(

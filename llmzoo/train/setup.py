@@ -24,7 +24,7 @@ from llmzoo.objectives import registry as objectives
 from llmzoo.objectives.distill import check_teacher
 from llmzoo.params import fit_params, fresh_init_key, init_params, is_spec
 from llmzoo.train import distributed
-from llmzoo.train.optimizer import keep_zeros, make_optimizer
+from llmzoo.train.optimizer import init_state, keep_zeros, make_optimizer
 from llmzoo.train.step import TrainState
 
 
@@ -216,9 +216,9 @@ def initial_state(cfg: TrainConfig, objective, mesh, p_shard, log):
 
     The objective chooses what is trained and what stays frozen
     (:func:`llmzoo.objectives.registry.training_form`; a ``teacher`` is loaded here, each time
-    a run starts or resumes, and never checkpointed). The optimizer state's moments are
-    created by ``zeros_like`` of the trained params, in their shardings; its scalars are
-    replicated.
+    a run starts or resumes, and never checkpointed). The optimizer state is created in one
+    compiled program (:func:`~llmzoo.train.optimizer.init_state`): its moments in the trained
+    params' shardings, its scalars replicated.
     """
     specs = registry.get(cfg.model.kind).param_specs(cfg.model)
     params = initial_params(cfg, p_shard, log)
@@ -237,8 +237,9 @@ def initial_state(cfg: TrainConfig, objective, mesh, p_shard, log):
         tx = make_optimizer(cfg.optim, cfg.steps, mask=mask)
     if cfg.prune is not None:  # the masks: those of the pruned trainable params
         tx = optax.chain(tx, keep_zeros(lambda p: prune.masks(p, specs, cfg.prune)))
+    opt_state = init_state(tx, trainable, mesh)
     state = TrainState(
-        step=jnp.zeros((), jnp.int32), params=trainable, opt_state=tx.init(trainable), frozen=frozen
+        step=jnp.zeros((), jnp.int32), params=trainable, opt_state=opt_state, frozen=frozen
     )
     return replicate_scalars(state, mesh), tx, loss
 

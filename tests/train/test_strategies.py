@@ -6,6 +6,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -15,7 +16,7 @@ from llmzoo.errors import ConfigError
 from llmzoo.models import registry
 from llmzoo.objectives.losses import token_loss
 from llmzoo.presets import get_model_preset, resolve_train_config
-from llmzoo.train.optimizer import make_optimizer
+from llmzoo.train.optimizer import init_state, keep_zeros, make_optimizer
 from llmzoo.train.setup import layout, replicate_scalars
 from llmzoo.train.step import TrainState, make_steps
 
@@ -133,6 +134,34 @@ def test_strategy_trains_like_one_device(strategy, capfd):
     for moments in (adam.mu, adam.nu):
         assert all(jax.tree.leaves(jax.tree.map(lambda a, m: a.sharding == m.sharding, p, moments)))
     assert REMAT not in capfd.readouterr().err
+
+
+def test_optimizer_state_is_made_in_one_program_where_its_params_live():
+    """``init_state`` equals eager ``tx.init`` (AdamW and keep_zeros' masks) in values, with each
+    moment and mask in its param's sharding and the counts replicated."""
+    from llmzoo.compress import prune
+    from llmzoo.config_tune import PruneConfig
+
+    mesh, rules = layout_for(LLAMA, "strategy=fsdp+tp", "mesh_tensor=2")
+    specs = registry.get(LLAMA.kind).param_specs(LLAMA)
+    params = registry.get(LLAMA.kind).init(
+        jax.random.key(0), LLAMA, sharding.param_shardings(specs, mesh, rules)
+    )
+    pcfg = PruneConfig(sparsity=0.5)
+    tx = optax.chain(
+        make_optimizer(OptimConfig(), 10, specs), keep_zeros(lambda p: prune.masks(p, specs, pcfg))
+    )
+    got, want = init_state(tx, params, mesh), tx.init(params)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    adam, masks = got[0][1][0], got[1].keep
+    where = {path: x.sharding for path, x in jax.tree_util.tree_leaves_with_path(params)}
+    for tree in (adam.mu, adam.nu, masks):  # masks: the pruned matrices' (MaskedNode: no leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+            assert leaf.sharding == where[path], path
+    assert masks["layers"]["attn"]["wq"].sharding.spec != P()  # a sharded mask, not replicated
+    for count in (adam.count, got[0][1][2].count):
+        assert count.sharding == jax.sharding.NamedSharding(mesh, P())
 
 
 def test_custom_rules_override_the_table(capfd):
