@@ -11,7 +11,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from llmzoo import sharding
+from llmzoo.compress import prune
 from llmzoo.config import OptimConfig
+from llmzoo.config_tune import PruneConfig
 from llmzoo.errors import ConfigError
 from llmzoo.models import registry
 from llmzoo.objectives.losses import token_loss
@@ -136,12 +138,9 @@ def test_strategy_trains_like_one_device(strategy, capfd):
     assert REMAT not in capfd.readouterr().err
 
 
-def test_optimizer_state_is_made_in_one_program_where_its_params_live():
+def test_optimizer_state_starts_where_its_params_live():
     """``init_state`` equals eager ``tx.init`` (AdamW and keep_zeros' masks) in values, with each
     moment and mask in its param's sharding and the counts replicated."""
-    from llmzoo.compress import prune
-    from llmzoo.config_tune import PruneConfig
-
     mesh, rules = layout_for(LLAMA, "strategy=fsdp+tp", "mesh_tensor=2")
     specs = registry.get(LLAMA.kind).param_specs(LLAMA)
     params = registry.get(LLAMA.kind).init(
