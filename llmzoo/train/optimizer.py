@@ -112,7 +112,7 @@ def init_state(tx: optax.GradientTransformation, params, mesh: jax.sharding.Mesh
         The optimizer state, the same values as ``tx.init(params)``.
     """
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    by_path = {p: x for p, x in jax.tree_util.tree_leaves_with_path(params)}
+    by_path = dict(jax.tree_util.tree_leaves_with_path(params))
 
     def sharding_of(path, leaf):
         for start in range(len(path)):

@@ -53,7 +53,8 @@ def train(cfg, layout=None, steps=3):
     mesh, rules = layout or (None, None)
     shardings = None if mesh is None else sharding.param_shardings(specs, mesh, rules)
     params = registry.get(cfg.kind).init(jax.random.key(0), cfg, shardings)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    opt_state = tx.init(params) if mesh is None else init_state(tx, params, mesh)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
     if mesh is None:
         train_fn, _ = make_steps(token_loss, cfg, tx, 1)
     else:  # as the loop jits it: the state keeps its shardings
