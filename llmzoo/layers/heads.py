@@ -1,10 +1,13 @@
-"""Task heads over encoder states (BERT family, Devlin et al. 2019): dense layers, the first-token
-pooler, the masked-LM head tied to the word embeddings, and sentence pooling.
+"""Output heads: the language-model head (tied to the word embeddings or not), and the task heads
+over encoder states (BERT family, Devlin et al. 2019): dense layers, the first-token pooler, the
+masked-LM head and sentence pooling.
 
 Shapes: B batch, T tokens, D model width, E embedding width, V vocabulary.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +19,55 @@ from llmzoo.params import ParamSpec, normal, zeros
 
 # Pooler activations: the MLP ones plus tanh (BERT's pooler).
 POOLER_ACTIVATIONS = ("tanh", *ACTIVATIONS)
+
+
+def lm_head(params: dict, x: jax.Array, *, tied: bool, dtype=jnp.float32) -> jax.Array:
+    """The language-model head: final states ``x [..., D]`` -> logits ``[..., V]`` in ``dtype``.
+
+    Args:
+        params: the model's params, with ``embed/table [V, D]`` if ``tied``, else
+            ``lm_head/w [D, V]``.
+        x: the final (normed) states, in the compute dtype.
+        tied: multiply by the transposed word embeddings (``tie_embeddings``).
+        dtype: the logits' dtype, in which the product accumulates.
+    """
+    if tied:
+        return tied_logits(x, params["embed"]["table"], dtype)
+    w = params["lm_head"]["w"].astype(x.dtype)
+    return jnp.einsum("...d,dv->...v", x, w, preferred_element_type=dtype)
+
+
+def tied_logits(x: jax.Array, table: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """``x [..., E]`` times the transposed word embeddings ``table [V, E]``: ``[..., V]`` logits.
+
+    The product runs in the dtype of ``x`` and accumulates in ``dtype``. The gradients equal
+    autodiff's, but the table's is computed as ``(x^T g)^T``: contracting the tokens of the small
+    ``x`` with the ``[..., V]`` logit gradient ``g`` as it lies, then transposing the ``[E, V]``
+    result. Autodiff's ``g^T x`` makes XLA:CPU write ``g``, the largest array of a language
+    model's step, a second time transposed, which costs about 6% of a small GPT's train step
+    (``benchmarks/train_step.py``).
+    """
+    return _tied_logits(x, table.astype(x.dtype), jnp.dtype(dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _tied_logits(x, table, dtype):
+    return jnp.einsum("...e,ve->...v", x, table, preferred_element_type=dtype)
+
+
+def _tied_logits_fwd(x, table, dtype):
+    return _tied_logits(x, table, dtype), (x, table)
+
+
+def _tied_logits_bwd(dtype, residuals, g):
+    x, table = residuals
+    dx = jnp.einsum("...v,ve->...e", g, table)
+    flat_x, flat_g = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+    d_table = jnp.einsum("ne,nv->ev", flat_x, flat_g).T
+    return dx.astype(x.dtype), d_table.astype(table.dtype)
+
+
+_tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
 
 
 def dense_specs(
@@ -63,8 +115,7 @@ def mlm_logits(
         ``[B, T, V]`` float32 logits.
     """
     h = layer_norm(norm_params, activation_fn(activation)(dense(params, x)), eps=eps)
-    logits = jnp.einsum("bte,ve->btv", h, table.astype(h.dtype), preferred_element_type=jnp.float32)
-    return logits + params["b_out"].astype(jnp.float32)
+    return tied_logits(h, table) + params["b_out"].astype(jnp.float32)
 
 
 def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from llmzoo.errors import DataError
 from llmzoo.layers import attention as attn_lib
-from llmzoo.layers import attention_impl, kv_cache, positional
+from llmzoo.layers import attention_impl, heads, kv_cache, positional
 from llmzoo.layers.mlp import mlp, mlp_specs
 from llmzoo.layers.norms import apply_norm, norm_specs
 from llmzoo.layers.remat import layer_loop
@@ -169,16 +169,8 @@ def _embed(params, tokens, positions, cfg, rng):
 
 def _logits(params, x, cfg, dtype=jnp.float32):
     """Final norm and LM head. ``x: [B, T, D]`` -> ``[B, T, V]`` in ``dtype``."""
-    return _lm_logits(params, _norm(params["final_norm"], x, cfg), cfg, dtype)
-
-
-def _lm_logits(params, x, cfg, dtype):
-    """The LM head on final-normed states. ``x: [B, T, D]`` -> ``[B, T, V]`` in ``dtype``."""
-    if cfg.tie_embeddings:
-        w = params["embed"]["table"].astype(x.dtype)
-        return jnp.einsum("btd,vd->btv", x, w, preferred_element_type=dtype)
-    w = params["lm_head"]["w"].astype(x.dtype)
-    return jnp.einsum("btd,dv->btv", x, w, preferred_element_type=dtype)
+    x = _norm(params["final_norm"], x, cfg)
+    return heads.lm_head(params, x, tied=cfg.tie_embeddings, dtype=dtype)
 
 
 def decode_hidden(params: dict, h: jax.Array, *, cfg: DecoderConfig) -> jax.Array:
@@ -207,7 +199,7 @@ def _heads(params, h, segment_ids, cfg) -> dict:
     f32 = jnp.float32
     out = {"final_hidden": h}
     if cfg.head == "lm":
-        out["logits"] = _lm_logits(params, h, cfg, cfg.compute_dtype)
+        out["logits"] = heads.lm_head(params, h, tied=cfg.tie_embeddings, dtype=cfg.compute_dtype)
     elif cfg.head == "sequence_classification":
         b, t = h.shape[:2]
         pooled = h[jnp.arange(b), last_real_index(segment_ids, t, b)]

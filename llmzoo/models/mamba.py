@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from llmzoo.config import ModelConfig, check_range
 from llmzoo.errors import ConfigError
-from llmzoo.layers import ssm
+from llmzoo.layers import heads, ssm
 from llmzoo.layers.norms import norm_specs, rms_norm
 from llmzoo.layers.remat import layer_loop
 from llmzoo.layers.residual import dropout
@@ -163,11 +163,7 @@ def _embed(params, tokens, cfg, rng):
 def _logits(params, x, cfg, dtype=jnp.float32):
     """Final RMSNorm and LM head. ``x: [B, T, D]`` -> ``[B, T, V]`` in ``dtype``."""
     x = rms_norm(params["final_norm"], x, eps=cfg.norm_eps)
-    if cfg.tie_embeddings:
-        w = params["embed"]["table"].astype(x.dtype)
-        return jnp.einsum("btd,vd->btv", x, w, preferred_element_type=dtype)
-    w = params["lm_head"]["w"].astype(x.dtype)
-    return jnp.einsum("btd,dv->btv", x, w, preferred_element_type=dtype)
+    return heads.lm_head(params, x, tied=cfg.tie_embeddings, dtype=dtype)
 
 
 def _layers(params, x, state, reset, cfg, rng, scan=None, capture=(), patch=None):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from llmzoo.config import ModelConfig, check_range
 from llmzoo.errors import ConfigError
-from llmzoo.layers import recurrent
+from llmzoo.layers import heads, recurrent
 from llmzoo.layers.remat import layer_loop
 from llmzoo.layers.residual import dropout
 from llmzoo.layers.state import reset_mask
@@ -101,11 +101,7 @@ def _embed(params, tokens, cfg, rng):
 
 def _logits(params, x, cfg, dtype=jnp.float32):
     """The LM head. ``x: [B, T, D]`` -> ``[B, T, V]`` in ``dtype``."""
-    if cfg.tie_embeddings:
-        w = params["embed"]["table"].astype(x.dtype)
-        return jnp.einsum("btd,vd->btv", x, w, preferred_element_type=dtype)
-    w = params["lm_head"]["w"].astype(x.dtype)
-    return jnp.einsum("btd,dv->btv", x, w, preferred_element_type=dtype)
+    return heads.lm_head(params, x, tied=cfg.tie_embeddings, dtype=dtype)
 
 
 def _layers(params, x, state, reset, cfg, rng, capture=(), patch=None):

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from llmzoo.config import ModelConfig, check_range
-from llmzoo.layers import wkv
+from llmzoo.layers import heads, wkv
 from llmzoo.layers.norms import layer_norm, norm_specs
 from llmzoo.layers.remat import layer_loop
 from llmzoo.layers.residual import dropout
@@ -171,11 +171,7 @@ def _embed(params, tokens, cfg, rng):
 def _logits(params, x, cfg, dtype=jnp.float32):
     """Final LayerNorm and LM head. ``x: [B, T, D]`` -> ``[B, T, V]`` in ``dtype``."""
     x = layer_norm(params["final_norm"], x, eps=FINAL_NORM_EPS)
-    if cfg.tie_embeddings:
-        w = params["embed"]["table"].astype(x.dtype)
-        return jnp.einsum("btd,vd->btv", x, w, preferred_element_type=dtype)
-    w = params["lm_head"]["w"].astype(x.dtype)
-    return jnp.einsum("btd,dv->btv", x, w, preferred_element_type=dtype)
+    return heads.lm_head(params, x, tied=cfg.tie_embeddings, dtype=dtype)
 
 
 def _block(p, x, state, reset, cfg, i, rng, taps=NO_TAPS):

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from llmzoo.layers import attention as attn_lib
-from llmzoo.layers import attention_impl, positional
+from llmzoo.layers import attention_impl, heads, positional
 from llmzoo.layers.cross_attention import cross_kv
 from llmzoo.layers.remat import layer_loop
 from llmzoo.layers.residual import dropout
@@ -179,12 +179,7 @@ def _logits(params, x, cfg):
     """LM head (with T5's output rescale and BART's logits bias). ``[B, T, D]`` -> ``[B, T, V]``."""
     if cfg.decoder_output_scale:
         x = x * jnp.asarray(cfg.d_model**-0.5, x.dtype)
-    if cfg.tie_embeddings:
-        w = params["embed"]["table"].astype(x.dtype)
-        logits = jnp.einsum("btd,vd->btv", x, w, preferred_element_type=jnp.float32)
-    else:
-        w = params["lm_head"]["w"].astype(x.dtype)
-        logits = jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
+    logits = heads.lm_head(params, x, tied=cfg.tie_embeddings)
     if cfg.final_logits_bias:
         logits = logits + params["final_logits_bias"]["bias"].astype(jnp.float32)
     return logits

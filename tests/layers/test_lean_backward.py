@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmzoo.layers import attention
+from llmzoo.layers import attention, heads
 from llmzoo.layers.mlp import activation_fn
 from llmzoo.layers.norms import layer_norm, rms_norm
 from llmzoo.models import decoder
@@ -97,6 +97,40 @@ def test_activation_gradient_matches_torch_and_keeps_only_its_input(x, name):
     np.testing.assert_allclose(dx, ref, atol=1e-5)
     # Differentiated directly, GELU-tanh keeps four [..., F] arrays; here only x.
     assert _residual_bytes(activation_fn(name), x) == x.nbytes
+
+
+def test_tied_logits_gradients_match_torch():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    table = rng.standard_normal((11, 8)).astype(np.float32)
+    cot = rng.standard_normal((2, 3, 11)).astype(np.float32)
+    out, vjp = jax.vjp(heads.tied_logits, x, table)
+    ref_grads = _torch_grads(lambda x, w: x @ w.T, x, table, cotangent=cot)
+    np.testing.assert_allclose(out, x @ table.T, atol=1e-5)
+    for got, want in zip(vjp(cot), ref_grads, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_tied_logits_in_bfloat16_differentiate_exactly_as_autodiff():
+    """bfloat16 states and table, float32 logits: the rewritten backward rounds as autodiff's."""
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((4, 5, 16)), jnp.bfloat16)
+    table = jnp.asarray(rng.standard_normal((32, 16)), jnp.float32)
+    cot = rng.standard_normal((4, 5, 32)).astype(np.float32)
+
+    def ref(x, table):
+        w = table.astype(x.dtype)
+        return jnp.einsum("bte,ve->btv", x, w, preferred_element_type=jnp.float32)
+
+    out, vjp = jax.vjp(heads.tied_logits, x, table)
+    out_ref, vjp_ref = jax.vjp(ref, x, table)
+    assert out.dtype == jnp.float32
+    np.testing.assert_array_equal(out, out_ref)
+    for got, want in zip(vjp(cot), vjp_ref(cot), strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(
+            np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=1e-6
+        )
 
 
 def _qkv(b, t, n, h, seed):
