@@ -1,4 +1,5 @@
-"""The one matmul helper: plain weights compile as before; LoRA leaves compute x W + s x A B."""
+"""The one matmul helper: plain weights are one 2-D matmul with the einsum's values; LoRA leaves
+compute x W + s x A B."""
 
 import re
 
@@ -18,10 +19,26 @@ SPECS = [
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("spec,x_shape,w_shape", SPECS)
-def test_plain_weight_traces_as_before(spec, x_shape, w_shape, dtype):
-    x, w = jnp.ones(x_shape, dtype), jnp.ones(w_shape, jnp.float32)
-    before = jax.make_jaxpr(lambda x, w: jnp.einsum(spec, x, w.astype(x.dtype)))(x, w)
-    assert str(jax.make_jaxpr(lambda x, w: linear.einsum(spec, x, w))(x, w)) == str(before)
+def test_plain_weight_is_one_2d_matmul_with_the_einsums_values_and_gradients(
+    spec, x_shape, w_shape, dtype
+):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(x_shape), dtype)
+    w = jnp.asarray(rng.standard_normal(w_shape), jnp.float32)
+    cot = jnp.asarray(rng.standard_normal(jnp.einsum(spec, x, w).shape), dtype)
+    ref = lambda x, w: jnp.einsum(spec, x, w.astype(x.dtype))  # noqa: E731
+    out, vjp = jax.vjp(lambda x, w: linear.einsum(spec, x, w), x, w)
+    out_ref, vjp_ref = jax.vjp(ref, x, w)
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    np.testing.assert_allclose(np.asarray(out, np.float32), out_ref.astype(jnp.float32), rtol=tol)
+    for got, want in zip(vjp(cot), vjp_ref(cot), strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(
+            np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tol, atol=tol
+        )
+    jaxpr = jax.make_jaxpr(lambda x, w: linear.einsum(spec, x, w))(x, w).jaxpr
+    (dot,) = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert [v.aval.ndim for v in dot.invars] == [2, 2]
 
 
 def _instructions(hlo: str) -> list[str]:
