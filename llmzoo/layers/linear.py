@@ -1,7 +1,8 @@
 """Weight leaves and the one helper that multiplies activations by them.
 
-Every weight matmul of the layers goes through :func:`einsum`. A plain array ``w`` gives exactly
-``jnp.einsum(spec, x, w.astype(x.dtype))``; a :class:`LoraWeight` (Hu et al. 2021, "LoRA") gives
+Every weight matmul of the layers goes through :func:`einsum`. A plain array ``w`` gives
+``jnp.einsum(spec, x, w.astype(x.dtype))``, computed as one 2-D matmul where the spec allows; a
+:class:`LoraWeight` (Hu et al. 2021, "LoRA") gives
 ``x . stop_gradient(w) + scale * (dropout(x) . a) . b`` without ever forming the merged matrix, so
 the frozen base gets no gradient and the adapters ``a``, ``b`` do. A
 :class:`~llmzoo.layers.quant.QuantArray` (weight-only int8 / int4) is multiplied as its integers
