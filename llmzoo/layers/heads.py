@@ -34,7 +34,9 @@ def lm_head(params: dict, x: jax.Array, *, tied: bool, dtype=jnp.float32) -> jax
     if tied:
         return tied_logits(x, params["embed"]["table"], dtype)
     w = params["lm_head"]["w"].astype(x.dtype)
-    return jnp.einsum("...d,dv->...v", x, w, preferred_element_type=dtype)
+    flat = x.reshape(-1, x.shape[-1])  # one 2-D matmul, as in linear.einsum (see there)
+    logits = jnp.einsum("nd,dv->nv", flat, w, preferred_element_type=dtype)
+    return logits.reshape(*x.shape[:-1], -1)
 
 
 def tied_logits(x: jax.Array, table: jax.Array, dtype=jnp.float32) -> jax.Array:
