@@ -19,6 +19,7 @@ inputs), and a LoRA adapter keeps it in its shapes: ``a [I..., R]``, ``b [R, O..
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -96,7 +97,7 @@ def einsum(spec: str, x: jax.Array, w) -> jax.Array:
     if isinstance(w, Probe):  # calibration: reports its inputs (llmzoo.layers.probe)
         return probe_einsum(spec, x, w)
     if not isinstance(w, LoraWeight):
-        return _matmul(spec, x, w.astype(x.dtype))
+        return _matmul(spec, x, w)
     x_spec, rest = spec.split(",")
     w_spec, out_spec = rest.split("->")
     n_in = w.a.ndim - 1
@@ -116,15 +117,22 @@ def einsum(spec: str, x: jax.Array, w) -> jax.Array:
     return base + w.scale * up
 
 
+@functools.partial(jax.checkpoint, static_argnums=(0,))
 def _matmul(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
-    """``jnp.einsum(spec, x, w)``, as one 2-D ``[M, I] @ [I, O]`` matmul when ``spec`` has that
-    form: ``x`` is its kept dims then the weight's inputs, the output its kept dims then the
-    weight's outputs (``'btd,dnh->btnh'``, ``'...i,io->...o'``).
+    """``jnp.einsum(spec, x, w.astype(x.dtype))``, as one 2-D ``[M, I] @ [I, O]`` matmul when
+    ``spec`` has that form: ``x`` is its kept dims then the weight's inputs, the output its kept
+    dims then the weight's outputs (``'btd,dnh->btnh'``, ``'...i,io->...o'``).
 
     Autodiff of the einsum contracts the weight's gradient over two or more token dims (``b, t``),
     and XLA:CPU then writes an activation's gradient a second time transposed and multiplies by a
     slower kernel: a GPT-2 MLP's forward and backward took 1.8x as long as with the 2-D matmul.
+
+    Under ``jax.checkpoint`` the backward pass keeps ``x`` and ``w`` themselves, not their
+    reshaped or cast copies: inside the layer scan, a copy would be stacked once per layer and
+    per matmul (the same normed ``x`` once for each of ``wq, wk, wv``), and the weight's slice of
+    the stacked params, which the scan already has, a second time.
     """
+    w = w.astype(x.dtype)
     x_spec, rest = spec.split(",")
     w_spec, out_spec = rest.split("->")
     n_in = sum(c in x_spec for c in w_spec)

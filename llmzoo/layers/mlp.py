@@ -6,6 +6,8 @@ Params: ``w_up [D, F]`` (+ ``w_gate [D, F]`` when gated), ``w_down [F, D]``, opt
 
 from __future__ import annotations
 
+import functools
+
 import jax
 
 from llmzoo.layers import linear
@@ -79,14 +81,28 @@ def mlp(params: dict, x: jax.Array, *, kind: str) -> jax.Array:
     up = linear.einsum("btd,df->btf", x, params["w_up"])
     if "b_up" in params:
         up = up + params["b_up"].astype(x.dtype)
+    gate = None
     if kind in GATED:
         gate = linear.einsum("btd,df->btf", x, params["w_gate"])
         if "b_gate" in params:
             gate = gate + params["b_gate"].astype(x.dtype)
-        h = activation_fn(GATED[kind])(gate) * up
-    else:
-        h = activation_fn(kind)(up)
-    out = linear.einsum("btf,fd->btd", h, params["w_down"])
+    out = _activate_down(kind, up, gate, params["w_down"])
     if "b_down" in params:
         out = out + params["b_down"].astype(x.dtype)
     return out
+
+
+@functools.partial(jax.checkpoint, static_argnums=(0,))
+def _activate_down(kind: str, up: jax.Array, gate: jax.Array | None, w_down) -> jax.Array:
+    """``act(up) @ w_down`` (gated: ``(act(gate) * up) @ w_down``); ``up, gate: [B, T, F]``.
+
+    The backward pass keeps ``up`` and ``gate``, which it needs anyway, and recomputes the
+    activated ``[B, T, F]`` from them rather than keeping it too: one elementwise pass instead of
+    the largest activation of the block stored per layer (inside the layer scan, a zero-filled
+    ``[L, B, T, F]`` buffer written in the forward pass and read back in the backward).
+    """
+    if gate is None:
+        h = activation_fn(kind)(up)
+    else:
+        h = activation_fn(GATED[kind])(gate) * up
+    return linear.einsum("btf,fd->btd", h, w_down)

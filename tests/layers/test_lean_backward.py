@@ -1,5 +1,6 @@
-"""Lean backward passes: the norms, MLP activations and attention softmax keep only what their
-gradient needs (their input, or the softmax's output) and still differentiate exactly like the
+"""Lean backward passes: the norms, MLP activations, MLP, weight matmuls and attention softmax
+keep only what their gradient needs (their inputs, or the softmax's output), and the tied LM
+head's custom gradient contracts over flattened tokens; all still differentiate exactly like the
 references: ``torch.nn.functional`` autograd and ``jax.nn.dot_product_attention``."""
 
 import dataclasses
@@ -11,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmzoo.layers import attention, heads
-from llmzoo.layers.mlp import activation_fn
+from llmzoo.layers import attention, heads, linear
+from llmzoo.layers.mlp import activation_fn, mlp, mlp_specs
 from llmzoo.layers.norms import layer_norm, rms_norm
 from llmzoo.models import decoder
 from llmzoo.objectives.losses import token_loss
@@ -97,6 +98,48 @@ def test_activation_gradient_matches_torch_and_keeps_only_its_input(x, name):
     np.testing.assert_allclose(dx, ref, atol=1e-5)
     # Differentiated directly, GELU-tanh keeps four [..., F] arrays; here only x.
     assert _residual_bytes(activation_fn(name), x) == x.nbytes
+
+
+TORCH_MLPS = {
+    "gelu_tanh": lambda x, p: (
+        F.gelu(x @ p["w_up"] + p["b_up"], approximate="tanh") @ p["w_down"] + p["b_down"]
+    ),
+    "swiglu": lambda x, p: (F.silu(x @ p["w_gate"]) * (x @ p["w_up"])) @ p["w_down"],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TORCH_MLPS))
+def test_mlp_gradient_matches_torch_and_keeps_no_activated_hidden(x, kind):
+    """The MLP keeps its input, its weights and its up (and gate) projections: not the activated
+    ``[..., F]`` array, which the backward pass recomputes."""
+    rng = np.random.default_rng(4)
+    specs = mlp_specs(16, 24, kind, bias=kind == "gelu_tanh")
+    params = {k: rng.standard_normal(s.shape).astype(np.float32) for k, s in specs.items()}
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    fn = lambda p, x: mlp(p, x, kind=kind)  # noqa: E731
+    dp, dx = jax.vjp(fn, params, x)[1](g)
+    names = list(params)
+    ref = _torch_grads(
+        lambda x, *ws: TORCH_MLPS[kind](x, dict(zip(names, ws, strict=True))),
+        x,
+        *params.values(),
+        cotangent=g,
+    )
+    np.testing.assert_allclose(dx, ref[0], rtol=1e-5, atol=1e-4)
+    for name, want in zip(names, ref[1:], strict=True):
+        np.testing.assert_allclose(dp[name], want, rtol=1e-5, atol=1e-4, err_msg=name)
+    hidden = x[..., :1].size * 24 * 4  # one [..., F] float32 array
+    weights = sum(params[k].nbytes for k in ("w_up", "w_gate", "w_down") if k in params)
+    projections = 2 if kind == "swiglu" else 1
+    assert _residual_bytes(fn, params, x) == x.nbytes + weights + projections * hidden
+
+
+def test_projections_of_one_input_keep_it_once(x):
+    """Three weights applied to one ``x`` (as ``wq, wk, wv`` are) keep ``x`` once for their
+    gradients, not a reshaped copy per matmul."""
+    ws = [np.random.default_rng(i).standard_normal((16, 2, 4)).astype(np.float32) for i in range(3)]
+    fn = lambda x, *ws: [linear.einsum("btd,dnh->btnh", x, w) for w in ws]  # noqa: E731
+    assert _residual_bytes(fn, x, *ws) == x.nbytes + 3 * ws[0].nbytes
 
 
 def test_tied_logits_gradients_match_torch():

@@ -37,8 +37,19 @@ def test_plain_weight_is_one_2d_matmul_with_the_einsums_values_and_gradients(
             np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tol, atol=tol
         )
     jaxpr = jax.make_jaxpr(lambda x, w: linear.einsum(spec, x, w))(x, w).jaxpr
-    (dot,) = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+    (dot,) = [e for e in _eqns(jaxpr) if e.primitive.name == "dot_general"]
     assert [v.aval.ndim for v in dot.invars] == [2, 2]
+
+
+def _eqns(jaxpr):
+    """The equations of ``jaxpr``, and of the jaxprs inside them (``jax.checkpoint``'s ...)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in eqn.params.values():
+            if hasattr(sub, "jaxpr"):  # a ClosedJaxpr
+                sub = sub.jaxpr
+            if hasattr(sub, "eqns"):
+                yield from _eqns(sub)
 
 
 def _instructions(hlo: str) -> list[str]:
