@@ -3,8 +3,9 @@ or unrolled loop (``model.scan_layers``).
 
 A policy names what the forward pass of each block keeps for the backward pass:
 
-- ``none``: whatever each layer function keeps (the norms and activations keep only their
-  inputs and the attention softmax its probabilities; see :mod:`llmzoo.layers.norms`);
+- ``none``: whatever each layer function keeps (the norms, activations and weight matmuls keep
+  only their inputs, the MLP its up and gate projections and the attention softmax its
+  probabilities; see :mod:`llmzoo.layers.norms`, :mod:`llmzoo.layers.mlp`);
 - ``full``: only the block's input; the whole block is recomputed in the backward pass
   (Chen et al. 2016, "Training deep nets with sublinear memory cost");
 - ``dots_saveable``: the outputs of the matmuls; only the elementwise ops between them (norms,
