@@ -17,6 +17,7 @@ LAYERS = {
     "llmzoo.config_io": 0,
     "llmzoo.config_rules": 0,
     "llmzoo.config_tune": 0,
+    "llmzoo.config_objective": 0,
     "llmzoo.params": 1,
     "llmzoo.sharding": 1,
     "llmzoo.orbax_quiet": 1,
@@ -138,7 +139,12 @@ def test_hf_never_imports_train_and_config_imports_no_layer():
     for mod, targets in GRAPH.items():
         if mod.startswith("llmzoo.hf"):
             assert not any(t.startswith("llmzoo.train") for t in targets), mod
-    leaves = {"llmzoo.errors", "llmzoo.config_rules", "llmzoo.config_tune"}
+    leaves = {
+        "llmzoo.errors",
+        "llmzoo.config_rules",
+        "llmzoo.config_tune",
+        "llmzoo.config_objective",
+    }
     for mod in leaves - {"llmzoo.errors"} | {"llmzoo.config"}:
         assert GRAPH[mod] <= leaves, mod
 
